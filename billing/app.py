@@ -1,0 +1,123 @@
+"""The composition root: the HTTP application wiring metering and billing together.
+
+Billing is the outer package (it may import metering, never the reverse), so the app and the
+CLI that wire both live here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from metering import migrate
+from metering.auth import endpoints as keys_endpoints
+from metering.auth.service import ensure_key
+from metering.config import Settings, get_settings
+from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
+from metering.errors import MeteringError, StorageUnavailable
+from metering.executions import endpoints as usage_endpoints
+from metering.ingest import endpoints as ingest_endpoints
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
+    return JSONResponse(status_code=status,
+                        content={"error": {"code": code, "message": message, **details}})
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        problems.append({"field": loc, "message": err.get("msg", "invalid")})
+    text_ = "; ".join(f"{p['field']}: {p['message']}" for p in problems) or "invalid request"
+    return text_, problems
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MeteringError)
+    async def metering_error(_: Request, exc: MeteringError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content=exc.body())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, problems = _validation_message(exc)
+        return _error(422, "invalid_request", message, fields=problems)
+
+    async def storage_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("storage unavailable: %s", type(exc).__name__)
+        err = StorageUnavailable("storage is unavailable; nothing was stored, retry later")
+        return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "1"})
+
+    app.add_exception_handler(OperationalError, storage_down)
+    app.add_exception_handler(PoolTimeout, storage_down)
+
+    async def db_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return await storage_down(request, exc)
+        log.exception("database error")
+        return _error(500, "internal", "internal error")
+
+    app.add_exception_handler(DBAPIError, db_error)
+
+
+def create_app(settings: Settings | None = None, database_url: str | None = None,
+               migrate_on_start: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Sandbox metering and billing",
+        version="0.1.0",
+        description="Exact per-second metering, limits and invoicing for sandbox runtimes.",
+        lifespan=lifespan,
+    )
+    url = database_url or resolve_database_url(settings)
+    engine = make_engine(url)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    if migrate_on_start:
+        migrate.upgrade(engine)
+    if settings.bootstrap_admin_key:
+        with transaction(app.state.sessions) as session:
+            ensure_key(session, settings.bootstrap_admin_key, "admin")
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """The database answers and its schema is at the newest migration."""
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            current = migrate.current_revision(engine)
+        except (OperationalError, PoolTimeout, DBAPIError):
+            return _error(503, "not_ready", "database unreachable")
+        head = migrate.head_revision(engine)
+        if current != head:
+            return _error(503, "not_ready", f"schema at {current}, expected {head}")
+        return JSONResponse({"status": "ready", "schema": current})
+
+    app.include_router(ingest_endpoints.router)
+    app.include_router(usage_endpoints.router)
+    app.include_router(keys_endpoints.router)
+    return app

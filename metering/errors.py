@@ -1,0 +1,55 @@
+"""One error tree, one JSON shape: `{"error": {"code", "message", ...}}` with its HTTP status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MeteringError(Exception):
+    """Base of every error the API answers on purpose."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+class BadRequest(MeteringError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class Unauthorized(MeteringError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(MeteringError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(MeteringError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(MeteringError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(MeteringError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class StorageUnavailable(MeteringError):
+    status_code = 503
+    code = "storage_unavailable"

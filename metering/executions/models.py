@@ -1,0 +1,58 @@
+"""Executions and their allocation segments, derived from lifecycle events.
+
+An execution's row and segments are recomputed from all its lifecycle events whenever one
+arrives, so they are a function of the event set, never of arrival order. `last_event_at` is
+the newest event of any type (host_stats included) and decides the inferred end.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, Index, Integer, PrimaryKeyConstraint, String, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from metering.db import Base
+
+
+class Execution(Base):
+    __tablename__ = "executions"
+    __table_args__ = (
+        Index("ix_executions_team_start", "team_id", "start_at"),
+        Index("ix_executions_sandbox", "sandbox_id"),
+        Index("ix_executions_open", "team_id", postgresql_where=text("end_at IS NULL")),
+    )
+
+    execution_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(128))
+    sandbox_id: Mapped[str] = mapped_column(String(256))
+    template_id: Mapped[str | None] = mapped_column(String(256))
+    start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    start_kind: Mapped[str | None] = mapped_column(String(16))
+    vcpu: Mapped[int | None] = mapped_column(Integer)
+    memory_mib: Mapped[int | None] = mapped_column(Integer)
+    disk_mib: Mapped[int | None] = mapped_column(Integer)
+    end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    end_kind: Mapped[str | None] = mapped_column(String(16))
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+    last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+
+
+class ExecutionSegment(Base):
+    __tablename__ = "execution_segments"
+    __table_args__ = (
+        PrimaryKeyConstraint("execution_id", "seq"),
+        Index("ix_execution_segments_team_start", "team_id", "start_at"),
+        Index("ix_execution_segments_team_end", "team_id", "end_at"),
+    )
+
+    execution_id: Mapped[str] = mapped_column(String(256))
+    seq: Mapped[int] = mapped_column(Integer)
+    team_id: Mapped[str] = mapped_column(String(128))
+    start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    vcpu: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,165 @@
+"""Usage reads: integer usage per bucket and per execution, computed in PostgreSQL.
+
+All times are whole milliseconds, so the database's exact numeric interval arithmetic gives
+the same integers the pure core would. Open executions end "now" while fresh, or at their
+newest event once stale: the same rule as `metering.core.usage.effective_end`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+# The billed end of a segment, with the running/stale rule.
+_SEGMENT_END = """
+    CASE WHEN s.end_at IS NOT NULL THEN s.end_at
+         WHEN e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)
+              THEN CAST(:now AS timestamptz)
+         ELSE greatest(e.last_event_at, s.start_at) END
+"""
+
+_BUCKETED = text(f"""
+WITH seg AS (
+    SELECT s.vcpu, s.memory_mib,
+           greatest(s.start_at, CAST(:start AS timestamptz)) AS lo,
+           least({_SEGMENT_END}, CAST(:end AS timestamptz)) AS hi
+    FROM execution_segments s JOIN executions e ON e.execution_id = s.execution_id
+    WHERE s.team_id = :team_id AND s.start_at < :end
+      AND (s.end_at IS NULL OR s.end_at > :start)
+), piece AS (
+    SELECT i, seg.vcpu, seg.memory_mib,
+           CAST(extract(epoch FROM least(seg.hi, b.bounds[i + 1])
+                                  - greatest(seg.lo, b.bounds[i])) * 1000 AS bigint) AS ms
+    FROM seg
+    CROSS JOIN (SELECT CAST(:bounds AS timestamptz[]) AS bounds) b
+    CROSS JOIN LATERAL generate_series(
+        width_bucket(seg.lo, b.bounds),
+        width_bucket(seg.hi - interval '1 millisecond', b.bounds)) AS i
+    WHERE seg.hi > seg.lo
+)
+SELECT i, CAST(sum(vcpu * ms) AS bigint), CAST(sum(memory_mib * ms) AS bigint)
+FROM piece GROUP BY i ORDER BY i
+""")
+
+_PER_EXECUTION = text(f"""
+SELECT s.execution_id,
+       CAST(sum(s.vcpu * extract(epoch FROM (hi - lo)) * 1000) AS bigint),
+       CAST(sum(s.memory_mib * extract(epoch FROM (hi - lo)) * 1000) AS bigint)
+FROM execution_segments s JOIN executions e ON e.execution_id = s.execution_id
+CROSS JOIN LATERAL (SELECT greatest(s.start_at, CAST(:start AS timestamptz)) AS lo,
+                           least({_SEGMENT_END}, CAST(:end AS timestamptz)) AS hi) w
+WHERE s.execution_id = ANY(CAST(:ids AS text[])) AND hi > lo
+GROUP BY s.execution_id
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class BucketUsage:
+    start: datetime
+    end: datetime
+    vcpu_ms: int
+    mib_ms: int
+
+
+def bucket_usage(
+    session: Session, team_id: str, bounds: Sequence[datetime], now: datetime,
+    stale_after: timedelta,
+) -> list[BucketUsage]:
+    """Usage in each [bounds[i], bounds[i+1]); every bucket is answered, zero or not."""
+    found: dict[int, tuple[int, int]] = {}
+    if len(bounds) >= 2:
+        rows = session.execute(_BUCKETED, {
+            "team_id": team_id, "start": bounds[0], "end": bounds[-1], "now": now,
+            "stale": stale_after, "bounds": list(bounds),
+        })
+        found = {int(r[0]): (int(r[1] or 0), int(r[2] or 0)) for r in rows}
+    return [
+        BucketUsage(bounds[i - 1], bounds[i], *found.get(i, (0, 0)))
+        for i in range(1, len(bounds))
+    ]
+
+
+def execution_usage(
+    session: Session, ids: Sequence[str], start: datetime, end: datetime, now: datetime,
+    stale_after: timedelta,
+) -> dict[str, tuple[int, int]]:
+    if not ids:
+        return {}
+    rows = session.execute(_PER_EXECUTION, {
+        "ids": list(ids), "start": start, "end": end, "now": now, "stale": stale_after})
+    return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in rows}
+
+
+_LIST_EXECUTIONS = """
+SELECT e.execution_id, e.sandbox_id, e.team_id, e.template_id, e.start_at, e.start_kind,
+       e.vcpu, e.memory_mib, e.disk_mib, e.end_at, e.end_kind, e.end_reason, e.last_event_at
+FROM executions e
+WHERE e.team_id = :team_id AND e.start_at IS NOT NULL
+  {state}
+  AND e.start_at < :end
+  AND coalesce(e.end_at, e.last_event_at) >= :start
+  {cursor}
+ORDER BY e.start_at DESC, e.execution_id DESC
+LIMIT :limit
+"""
+
+RUNNING = ("AND e.end_at IS NULL AND e.last_event_at > CAST(:now AS timestamptz) "
+           "- CAST(:stale AS interval)")
+ENDED = ("AND (e.end_at IS NOT NULL OR e.last_event_at <= CAST(:now AS timestamptz) "
+         "- CAST(:stale AS interval))")
+
+
+def list_executions(
+    session: Session, team_id: str, state: str | None, start: datetime, end: datetime,
+    now: datetime, stale_after: timedelta, limit: int, after: tuple[datetime, str] | None,
+) -> list[Any]:
+    state_sql = {"running": RUNNING, "ended": ENDED}.get(state or "", "")
+    cursor_sql = ""
+    params: dict[str, Any] = {"team_id": team_id, "start": start, "end": end, "limit": limit,
+                              "now": now, "stale": stale_after}
+    if after is not None:
+        cursor_sql = ("AND (e.start_at, e.execution_id) < "
+                      "(CAST(:after_start AS timestamptz), :after_id)")
+        params["after_start"], params["after_id"] = after
+    sql = _LIST_EXECUTIONS.format(state=state_sql, cursor=cursor_sql)
+    return list(session.execute(text(sql), params))
+
+
+_METRICS = text("""
+WITH ex AS (
+    SELECT execution_id FROM executions WHERE sandbox_id = :sandbox_id
+), rows AS (
+    SELECT m.minute, m.samples, m.cpu_samples, m.cpu_sum, m.cpu_max,
+           m.mem_samples, m.mem_sum, m.mem_max
+    FROM sample_minutes m JOIN ex USING (execution_id)
+    WHERE m.minute >= date_trunc('minute', CAST(:start AS timestamptz)) AND m.minute < :end
+    UNION ALL
+    SELECT date_trunc('minute', p.time), 1, CAST(p.cpu_centipct IS NOT NULL AS int),
+           coalesce(p.cpu_centipct, 0), p.cpu_centipct,
+           CAST(p.memory_used_mib IS NOT NULL AS int), coalesce(p.memory_used_mib, 0),
+           p.memory_used_mib
+    FROM host_stats_pending p JOIN ex USING (execution_id)
+    WHERE p.time >= date_trunc('minute', CAST(:start AS timestamptz)) AND p.time < :end
+)
+SELECT minute, sum(samples), sum(cpu_samples), sum(cpu_sum), max(cpu_max),
+       sum(mem_samples), sum(mem_sum), max(mem_max)
+FROM rows GROUP BY minute ORDER BY minute
+""")
+
+
+def sandbox_team(session: Session, sandbox_id: str) -> str | None:
+    row = session.execute(
+        text("SELECT team_id FROM executions WHERE sandbox_id = :s LIMIT 1"), {"s": sandbox_id}
+    ).first()
+    return None if row is None else str(row[0])
+
+
+def sandbox_metrics(
+    session: Session, sandbox_id: str, start: datetime, end: datetime
+) -> list[Any]:
+    return list(session.execute(_METRICS, {"sandbox_id": sandbox_id, "start": start, "end": end}))

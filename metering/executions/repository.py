@@ -1,0 +1,133 @@
+"""Every query of executions: locking, recomputation from lifecycle events, usage reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from metering.core.usage import Timeline
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionKey:
+    execution_id: str
+    team_id: str
+    sandbox_id: str
+    last_event_at: datetime
+
+
+_ENSURE = text("""
+INSERT INTO executions (execution_id, team_id, sandbox_id, last_event_at)
+SELECT * FROM unnest(CAST(:execution_id AS text[]), CAST(:team_id AS text[]),
+                     CAST(:sandbox_id AS text[]), CAST(:last_event_at AS timestamptz[]))
+ON CONFLICT (execution_id) DO NOTHING
+""")
+
+_LOCK = text("""
+SELECT execution_id, team_id FROM executions WHERE execution_id = ANY(CAST(:ids AS text[]))
+ORDER BY execution_id FOR UPDATE
+""")
+
+_EVENTS = text("""
+SELECT execution_id, type, time, data, source, id
+FROM lifecycle_events WHERE execution_id = ANY(CAST(:ids AS text[]))
+""")
+
+_UPDATE = text("""
+UPDATE executions AS e SET
+    start_at = u.start_at, start_kind = u.start_kind, vcpu = u.vcpu, memory_mib = u.memory_mib,
+    disk_mib = u.disk_mib, template_id = u.template_id,
+    end_at = u.end_at, end_kind = u.end_kind, end_reason = u.end_reason,
+    last_event_at = greatest(e.last_event_at, u.last_event_at), updated_at = now()
+FROM unnest(CAST(:execution_id AS text[]), CAST(:start_at AS timestamptz[]),
+            CAST(:start_kind AS text[]), CAST(:vcpu AS int[]), CAST(:memory_mib AS int[]),
+            CAST(:disk_mib AS int[]), CAST(:template_id AS text[]),
+            CAST(:end_at AS timestamptz[]), CAST(:end_kind AS text[]),
+            CAST(:end_reason AS text[]), CAST(:last_event_at AS timestamptz[]))
+     AS u(execution_id, start_at, start_kind, vcpu, memory_mib, disk_mib, template_id,
+          end_at, end_kind, end_reason, last_event_at)
+WHERE e.execution_id = u.execution_id
+""")
+
+_DELETE_SEGMENTS = text(
+    "DELETE FROM execution_segments WHERE execution_id = ANY(CAST(:ids AS text[]))"
+)
+
+_INSERT_SEGMENTS = text("""
+INSERT INTO execution_segments (execution_id, seq, team_id, start_at, end_at, vcpu, memory_mib)
+SELECT * FROM unnest(CAST(:execution_id AS text[]), CAST(:seq AS int[]),
+                     CAST(:team_id AS text[]), CAST(:start_at AS timestamptz[]),
+                     CAST(:end_at AS timestamptz[]), CAST(:vcpu AS int[]),
+                     CAST(:memory_mib AS int[]))
+""")
+
+
+def ensure_and_lock(session: Session, keys: Sequence[ExecutionKey]) -> dict[str, str]:
+    """Create missing execution rows, then lock them all in id order (no deadlocks).
+
+    Answers execution id -> the team it belongs to (the first team it was seen with)."""
+    ordered = sorted({k.execution_id: k for k in keys}.values(), key=lambda k: k.execution_id)
+    session.execute(_ENSURE, {
+        "execution_id": [k.execution_id for k in ordered],
+        "team_id": [k.team_id for k in ordered],
+        "sandbox_id": [k.sandbox_id for k in ordered],
+        "last_event_at": [k.last_event_at for k in ordered],
+    })
+    ids = [k.execution_id for k in ordered]
+    return {r[0]: r[1] for r in session.execute(_LOCK, {"ids": ids})}
+
+
+def lifecycle_rows(session: Session, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in session.execute(_EVENTS, {"ids": list(ids)})]
+
+
+@dataclass(frozen=True, slots=True)
+class Recomputed:
+    execution_id: str
+    team_id: str
+    timeline: Timeline
+    start_at: datetime | None
+    end_at: datetime | None
+    disk_mib: int | None
+    template_id: str | None
+    last_event_at: datetime
+    segment_bounds: tuple[tuple[datetime, datetime | None], ...]
+
+
+def store_recomputed(session: Session, items: Sequence[Recomputed]) -> None:
+    if not items:
+        return
+    session.execute(_UPDATE, {
+        "execution_id": [i.execution_id for i in items],
+        "start_at": [i.start_at for i in items],
+        "start_kind": [i.timeline.start_kind for i in items],
+        "vcpu": [i.timeline.vcpu for i in items],
+        "memory_mib": [i.timeline.memory_mib for i in items],
+        "disk_mib": [i.disk_mib for i in items],
+        "template_id": [i.template_id for i in items],
+        "end_at": [i.end_at for i in items],
+        "end_kind": [i.timeline.end_kind for i in items],
+        "end_reason": [i.timeline.end_reason for i in items],
+        "last_event_at": [i.last_event_at for i in items],
+    })
+    session.execute(_DELETE_SEGMENTS, {"ids": [i.execution_id for i in items]})
+    seg_rows: dict[str, list[Any]] = {k: [] for k in (
+        "execution_id", "seq", "team_id", "start_at", "end_at", "vcpu", "memory_mib")}
+    for item in items:
+        for seq, (segment, (start, end)) in enumerate(
+            zip(item.timeline.segments, item.segment_bounds, strict=True)
+        ):
+            seg_rows["execution_id"].append(item.execution_id)
+            seg_rows["seq"].append(seq)
+            seg_rows["team_id"].append(item.team_id)
+            seg_rows["start_at"].append(start)
+            seg_rows["end_at"].append(end)
+            seg_rows["vcpu"].append(segment.vcpu)
+            seg_rows["memory_mib"].append(segment.memory_mib)
+    if seg_rows["execution_id"]:
+        session.execute(_INSERT_SEGMENTS, seg_rows)

@@ -1,0 +1,79 @@
+"""`POST /v1/events`: CloudEvents batches from the orchestrator."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from metering.api.deps import PrincipalDep, SessionDep, SettingsDep
+from metering.core.clock import utc_now
+from metering.errors import BadRequest, PayloadTooLarge
+from metering.ingest import service
+
+router = APIRouter(tags=["events"])
+
+
+class EventErrorOut(BaseModel):
+    index: int
+    id: str | None
+    code: str
+    message: str
+
+
+class IngestOut(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: int
+    errors: list[EventErrorOut]
+
+
+async def read_batch(request: Request) -> list[Any]:
+    """The body as a list of raw events, refusing oversize bodies before reading them whole."""
+    settings = request.app.state.settings
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        batch = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    if isinstance(batch, dict):
+        raise BadRequest("body must be a JSON array of CloudEvents (a batch), not one object")
+    if not isinstance(batch, list):
+        raise BadRequest("body must be a JSON array of CloudEvents")
+    if len(batch) > settings.max_batch_events:
+        raise PayloadTooLarge(
+            f"batch has {len(batch)} events; the limit is {settings.max_batch_events}")
+    return batch
+
+
+BatchDep = Annotated[list[Any], Depends(read_batch)]
+
+
+@router.post(
+    "/v1/events",
+    response_model=IngestOut,
+    summary="Ingest a batch of sandbox events",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/cloudevents-batch+json": {"schema": {"type": "array", "items": {"type": "object"}}},
+        "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+    }}},
+)
+def post_events(
+    batch: BatchDep, session: SessionDep, principal: PrincipalDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Store a CloudEvents batch. Idempotent on (source, id); answers after commit."""
+    principal.require("ingest")
+    result = service.ingest(session, batch, utc_now(), settings.future_tolerance_s)
+    return result.as_dict()

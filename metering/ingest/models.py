@@ -1,0 +1,85 @@
+"""What ingest stores.
+
+- `lifecycle_events`: every lifecycle event, keyed by (source, id), with a content digest so
+  that a replay is a duplicate and a changed replay a conflict.
+- `host_stats_pending`: per-second samples as they arrive, keyed by (source, id); a fold job
+  moves them into `sample_minutes` once their minute is well past.
+- `sample_minutes`: one row per execution-minute with avg/max figures and, for exact
+  deduplication forever, one 64-bit tag per sample: 48 bits of the (source, id) hash and 16
+  bits of the content hash. About 8 bytes a sample instead of a row each.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from metering.db import Base
+
+
+class LifecycleEventRow(Base):
+    __tablename__ = "lifecycle_events"
+    __table_args__ = (
+        PrimaryKeyConstraint("source", "id"),
+        Index("ix_lifecycle_events_execution", "execution_id"),
+    )
+
+    source: Mapped[str] = mapped_column(String(1024))
+    id: Mapped[str] = mapped_column(String(256))
+    type: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256))
+    team_id: Mapped[str] = mapped_column(String(128))
+    execution_id: Mapped[str] = mapped_column(String(256))
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+
+
+class PendingSample(Base):
+    __tablename__ = "host_stats_pending"
+    __table_args__ = (PrimaryKeyConstraint("source", "id"),)
+
+    source: Mapped[str] = mapped_column(String(1024))
+    id: Mapped[str] = mapped_column(String(256))
+    team_id: Mapped[str] = mapped_column(String(128))
+    sandbox_id: Mapped[str] = mapped_column(String(256))
+    execution_id: Mapped[str] = mapped_column(String(256))
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cpu_centipct: Mapped[int | None] = mapped_column(Integer)
+    memory_used_mib: Mapped[int | None] = mapped_column(Integer)
+    tag: Mapped[int] = mapped_column(BigInteger)
+
+
+class SampleMinute(Base):
+    __tablename__ = "sample_minutes"
+    __table_args__ = (PrimaryKeyConstraint("execution_id", "minute"),)
+
+    execution_id: Mapped[str] = mapped_column(String(256))
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    team_id: Mapped[str] = mapped_column(String(128))
+    sandbox_id: Mapped[str] = mapped_column(String(256))
+    samples: Mapped[int] = mapped_column(Integer)
+    cpu_samples: Mapped[int] = mapped_column(Integer)
+    cpu_sum: Mapped[int] = mapped_column(BigInteger)
+    cpu_max: Mapped[int | None] = mapped_column(Integer)
+    mem_samples: Mapped[int] = mapped_column(Integer)
+    mem_sum: Mapped[int] = mapped_column(BigInteger)
+    mem_max: Mapped[int | None] = mapped_column(Integer)
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    tags: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))

@@ -1,0 +1,196 @@
+"""Every query of ingest: batch inserts with ON CONFLICT, and the minute fold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from metering.core.events import SandboxEvent, key_tag
+
+# Held shared by ingest of old samples and exclusively by the fold, so a sample can never be
+# checked against a minute row while the fold is moving that minute out of the pending table.
+FOLD_LOCK = 0x6D657472  # "metr"
+
+_INSERT_PENDING = text("""
+INSERT INTO host_stats_pending
+    (source, id, team_id, sandbox_id, execution_id, time, cpu_centipct, memory_used_mib, tag)
+SELECT * FROM unnest(
+    CAST(:source AS text[]), CAST(:id AS text[]), CAST(:team_id AS text[]),
+    CAST(:sandbox_id AS text[]), CAST(:execution_id AS text[]), CAST(:time AS timestamptz[]),
+    CAST(:cpu AS int[]), CAST(:mem AS int[]), CAST(:tag AS bigint[]))
+ON CONFLICT (source, id) DO NOTHING
+RETURNING source, id
+""")
+
+_PENDING_TAGS = text("""
+SELECT p.source, p.id, p.tag
+FROM host_stats_pending p
+JOIN unnest(CAST(:source AS text[]), CAST(:id AS text[])) AS k(source, id)
+  ON p.source = k.source AND p.id = k.id
+""")
+
+_FOLDED_TAGS = text("""
+SELECT k.idx, t.tag
+FROM unnest(CAST(:idx AS int[]), CAST(:execution_id AS text[]),
+            CAST(:minute AS timestamptz[]), CAST(:tag AS bigint[]))
+     AS k(idx, execution_id, minute, tag)
+JOIN sample_minutes m ON m.execution_id = k.execution_id AND m.minute = k.minute
+CROSS JOIN LATERAL unnest(m.tags) AS t(tag)
+WHERE (t.tag >> 16) = (k.tag >> 16)
+""")
+
+_INSERT_LIFECYCLE = text("""
+INSERT INTO lifecycle_events (source, id, type, subject, team_id, execution_id, time, data, digest)
+SELECT * FROM unnest(
+    CAST(:source AS text[]), CAST(:id AS text[]), CAST(:type AS text[]),
+    CAST(:subject AS text[]), CAST(:team_id AS text[]), CAST(:execution_id AS text[]),
+    CAST(:time AS timestamptz[]), CAST(:data AS jsonb[]), CAST(:digest AS bytea[]))
+ON CONFLICT (source, id) DO NOTHING
+RETURNING source, id
+""")
+
+_LIFECYCLE_DIGESTS = text("""
+SELECT e.source, e.id, e.digest
+FROM lifecycle_events e
+JOIN unnest(CAST(:source AS text[]), CAST(:id AS text[])) AS k(source, id)
+  ON e.source = k.source AND e.id = k.id
+""")
+
+_FOLD = text("""
+WITH moved AS (
+    DELETE FROM host_stats_pending
+    WHERE (source, id) IN (
+        SELECT source, id FROM host_stats_pending WHERE time < :watermark LIMIT :limit)
+    RETURNING *
+), agg AS (
+    SELECT execution_id, date_trunc('minute', time) AS minute,
+           min(team_id) AS team_id, min(sandbox_id) AS sandbox_id,
+           count(*) AS samples,
+           count(cpu_centipct) AS cpu_samples, coalesce(sum(cpu_centipct), 0) AS cpu_sum,
+           max(cpu_centipct) AS cpu_max,
+           count(memory_used_mib) AS mem_samples, coalesce(sum(memory_used_mib), 0) AS mem_sum,
+           max(memory_used_mib) AS mem_max,
+           max(time) AS last_at, array_agg(tag ORDER BY tag) AS tags
+    FROM moved GROUP BY 1, 2
+), upserted AS (
+    INSERT INTO sample_minutes AS m
+        (execution_id, minute, team_id, sandbox_id, samples, cpu_samples, cpu_sum, cpu_max,
+         mem_samples, mem_sum, mem_max, last_at, tags)
+    SELECT execution_id, minute, team_id, sandbox_id, samples, cpu_samples, cpu_sum, cpu_max,
+           mem_samples, mem_sum, mem_max, last_at, tags
+    FROM agg
+    ON CONFLICT (execution_id, minute) DO UPDATE SET
+        samples = m.samples + excluded.samples,
+        cpu_samples = m.cpu_samples + excluded.cpu_samples,
+        cpu_sum = m.cpu_sum + excluded.cpu_sum,
+        cpu_max = greatest(m.cpu_max, excluded.cpu_max),
+        mem_samples = m.mem_samples + excluded.mem_samples,
+        mem_sum = m.mem_sum + excluded.mem_sum,
+        mem_max = greatest(m.mem_max, excluded.mem_max),
+        last_at = greatest(m.last_at, excluded.last_at),
+        tags = m.tags || excluded.tags
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM upserted)
+""")
+
+_LIVENESS = text("""
+INSERT INTO executions AS e (execution_id, team_id, sandbox_id, last_event_at)
+SELECT execution_id, min(team_id), min(sandbox_id), max(time)
+FROM host_stats_pending GROUP BY execution_id
+ORDER BY execution_id
+ON CONFLICT (execution_id) DO UPDATE SET last_event_at = excluded.last_event_at
+WHERE e.last_event_at < excluded.last_event_at
+""")
+
+
+def minute_of(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def insert_pending(session: Session, events: Sequence[SandboxEvent]) -> set[tuple[str, str]]:
+    """Insert samples; answer the keys that were new."""
+    if not events:
+        return set()
+    rows = session.execute(_INSERT_PENDING, {
+        "source": [e.source for e in events],
+        "id": [e.id for e in events],
+        "team_id": [e.team_id for e in events],
+        "sandbox_id": [e.subject for e in events],
+        "execution_id": [e.execution_id for e in events],
+        "time": [e.time for e in events],
+        "cpu": [None if e.cpu_pct is None else round(e.cpu_pct * 100) for e in events],
+        "mem": [e.memory_used_mib for e in events],
+        "tag": [key_tag(e.source, e.id, e.digest) for e in events],
+    })
+    return {(r[0], r[1]) for r in rows}
+
+
+def pending_tags(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    if not keys:
+        return {}
+    rows = session.execute(_PENDING_TAGS, {
+        "source": [k[0] for k in keys], "id": [k[1] for k in keys]})
+    return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+def lock_fold_shared(session: Session) -> None:
+    session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": FOLD_LOCK})
+
+
+def folded_tags(session: Session, events: Sequence[SandboxEvent]) -> dict[int, int]:
+    """For samples whose minute may be folded: index -> the stored tag with the same key."""
+    if not events:
+        return {}
+    rows = session.execute(_FOLDED_TAGS, {
+        "idx": [e.index for e in events],
+        "execution_id": [e.execution_id for e in events],
+        "minute": [minute_of(e.time) for e in events],
+        "tag": [key_tag(e.source, e.id, e.digest) for e in events],
+    })
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
+def insert_lifecycle(session: Session, events: Sequence[SandboxEvent]) -> set[tuple[str, str]]:
+    if not events:
+        return set()
+    import orjson
+
+    rows = session.execute(_INSERT_LIFECYCLE, {
+        "source": [e.source for e in events],
+        "id": [e.id for e in events],
+        "type": [e.type for e in events],
+        "subject": [e.subject for e in events],
+        "team_id": [e.team_id for e in events],
+        "execution_id": [e.execution_id for e in events],
+        "time": [e.time for e in events],
+        "data": [orjson.dumps(e.data).decode() for e in events],
+        "digest": [e.digest for e in events],
+    })
+    return {(r[0], r[1]) for r in rows}
+
+
+def lifecycle_digests(
+    session: Session, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], bytes]:
+    if not keys:
+        return {}
+    rows = session.execute(_LIFECYCLE_DIGESTS, {
+        "source": [k[0] for k in keys], "id": [k[1] for k in keys]})
+    return {(r[0], r[1]): bytes(r[2]) for r in rows}
+
+
+def fold(session: Session, watermark: datetime, limit: int) -> int:
+    """Move pending samples older than the watermark into minute rows; answer how many."""
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FOLD_LOCK})
+    row = session.execute(_FOLD, {"watermark": watermark, "limit": limit}).one()
+    return int(row[0])
+
+
+def refresh_liveness(session: Session) -> int:
+    """Carry the newest pending sample of each execution into `executions.last_event_at`."""
+    result = session.execute(_LIVENESS)
+    return int(getattr(result, "rowcount", 0) or 0)

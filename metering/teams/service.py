@@ -1,0 +1,28 @@
+"""Teams: creation on first sight, and the hooks other packages hang on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from metering.teams import repository as repo
+
+# Called in the same transaction with (session, new team ids, when): billing assigns the
+# default plan and grants its credit here. Registered by the app that wires both packages.
+TeamsCreatedHook = Callable[[Session, Sequence[str], datetime], None]
+_hooks: list[TeamsCreatedHook] = []
+
+
+def on_teams_created(hook: TeamsCreatedHook) -> None:
+    if hook not in _hooks:
+        _hooks.append(hook)
+
+
+def ensure_teams(session: Session, team_ids: Sequence[str], at: datetime) -> list[str]:
+    created = repo.ensure_teams(session, team_ids)
+    if created:
+        for hook in _hooks:
+            hook(session, created, at)
+    return created

@@ -1,0 +1,135 @@
+"""POST /v1/events as the orchestrator sees it: section 1 of the contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from tests.conftest import Keys, event
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+T0 = NOW - timedelta(hours=2)
+
+
+def post(client: TestClient, key: str, batch: object) -> dict:
+    response = client.post("/v1/events", content=orjson.dumps(batch),
+                           headers={**Keys.auth(key), "content-type": "application/cloudevents-batch+json"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_batch_accepted_then_replayed_as_duplicates(client: TestClient, api_keys: Keys) -> None:
+    batch = [
+        event("created", time=iso(T0), vcpu=2, memory_mib=1024),
+        event("host_stats", time=iso(T0 + timedelta(seconds=1)), cpu_pct=12.5, memory_used_mib=300),
+        event("killed", time=iso(T0 + timedelta(seconds=30)), reason="request"),
+    ]
+    first = post(client, api_keys.ingest, batch)
+    assert first == {"accepted": 3, "duplicates": 0, "rejected": 0, "errors": []}
+    again = post(client, api_keys.ingest, batch)
+    assert again == {"accepted": 0, "duplicates": 3, "rejected": 0, "errors": []}
+
+
+def test_same_key_different_content_is_a_conflict(client: TestClient, api_keys: Keys) -> None:
+    created = event("created", time=iso(T0), vcpu=2, memory_mib=1024, id="e1")
+    sample = event("host_stats", time=iso(T0 + timedelta(seconds=1)), cpu_pct=1, id="s1")
+    post(client, api_keys.ingest, [created, sample])
+    changed = event("created", time=iso(T0), vcpu=4, memory_mib=1024, id="e1")
+    changed_sample = event("host_stats", time=iso(T0 + timedelta(seconds=1)), cpu_pct=2, id="s1")
+    body = post(client, api_keys.ingest, [changed, changed_sample])
+    assert body["accepted"] == 0 and body["rejected"] == 2
+    assert {e["code"] for e in body["errors"]} == {"conflict"}
+    assert [e["index"] for e in body["errors"]] == [0, 1]
+
+
+def test_in_batch_duplicates_and_conflicts(client: TestClient, api_keys: Keys) -> None:
+    a = event("created", time=iso(T0), vcpu=2, memory_mib=1024, id="x")
+    b = event("created", time=iso(T0), vcpu=3, memory_mib=1024, id="x")
+    body = post(client, api_keys.ingest, [a, a, b])
+    assert (body["accepted"], body["duplicates"], body["rejected"]) == (1, 1, 1)
+    assert body["errors"][0]["index"] == 2 and body["errors"][0]["code"] == "conflict"
+
+
+def test_invalid_events_name_the_field_and_keep_the_good_ones(
+    client: TestClient, api_keys: Keys, engine: Engine
+) -> None:
+    good = event("created", time=iso(T0), vcpu=2, memory_mib=1024)
+    bad_vcpu = event("created", execution="exe_2", time=iso(T0), vcpu=0, memory_mib=1024)
+    no_team = event("created", execution="exe_3", time=iso(T0), vcpu=1, memory_mib=1)
+    del no_team["data"]["team_id"]
+    bad_type = {**good, "id": "t", "type": "sandbox.lifecycle.exploded"}
+    bad_time = {**good, "id": "u", "time": "yesterday"}
+    future = event("host_stats", time=iso(NOW + timedelta(minutes=10)), id="future")
+    not_object = 42
+    body = post(client, api_keys.ingest, [good, bad_vcpu, no_team, bad_type, bad_time, future, not_object])
+    assert body["accepted"] == 1 and body["rejected"] == 6
+    by_index = {e["index"]: e for e in body["errors"]}
+    assert by_index[1]["message"] == "data.vcpu: must be >= 1" and by_index[1]["code"] == "invalid"
+    assert by_index[2]["message"].startswith("data.team_id")
+    assert by_index[3]["message"].startswith("type:")
+    assert by_index[4]["message"].startswith("time:")
+    assert by_index[5]["code"] == "future_time"
+    assert by_index[6]["code"] == "invalid"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM lifecycle_events")).scalar() == 1
+
+
+def test_unknown_team_is_created_and_marked(client: TestClient, api_keys: Keys, engine: Engine) -> None:
+    post(client, api_keys.ingest, [event("created", team="team_new", time=iso(T0), vcpu=1, memory_mib=512)])
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT auto_created FROM teams WHERE id = 'team_new'")).one()
+    assert row[0] is True
+
+
+def test_body_that_is_not_a_batch_is_400(client: TestClient, api_keys: Keys) -> None:
+    for body in (b"{not json", b'{"specversion": "1.0"}', b'"hello"'):
+        response = client.post("/v1/events", content=body, headers=Keys.auth(api_keys.ingest))
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_too_many_events_is_413(client: TestClient, api_keys: Keys) -> None:
+    batch = [event("host_stats", time=iso(T0), id=f"s{i}") for i in range(10_001)]
+    response = client.post("/v1/events", content=orjson.dumps(batch), headers=Keys.auth(api_keys.ingest))
+    assert response.status_code == 413
+    assert "10000" in response.json()["error"]["message"]
+
+
+def test_too_large_body_is_413(client: TestClient, api_keys: Keys) -> None:
+    blob = b"[" + b" " * (10 * 1024 * 1024 + 1) + b"]"
+    response = client.post("/v1/events", content=blob, headers=Keys.auth(api_keys.ingest))
+    assert response.status_code == 413
+
+
+def test_keys_are_required_and_scoped(client: TestClient, api_keys: Keys, sessions) -> None:
+    batch = [event("created", time=iso(T0), vcpu=1, memory_mib=1)]
+    assert client.post("/v1/events", json=batch).status_code == 401
+    assert client.post("/v1/events", json=batch, headers=Keys.auth("mk_ingest_forged")).status_code == 401
+    team_key = api_keys.team(sessions, "team_1")
+    response = client.post("/v1/events", json=batch, headers=Keys.auth(team_key))
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
+
+
+def test_revoked_key_is_refused_at_once(client: TestClient, api_keys: Keys) -> None:
+    created = client.post("/v1/keys", json={"role": "ingest"}, headers=Keys.auth(api_keys.admin))
+    assert created.status_code == 201
+    key = created.json()["key"]
+    assert client.post("/v1/events", json=[], headers=Keys.auth(key)).status_code == 200
+    assert client.delete(f"/v1/keys/{created.json()['id']}", headers=Keys.auth(api_keys.admin)).status_code == 204
+    assert client.post("/v1/events", json=[], headers=Keys.auth(key)).status_code == 401
+
+
+def test_keys_are_stored_hashed(client: TestClient, api_keys: Keys, engine: Engine) -> None:
+    with engine.connect() as conn:
+        stored = " ".join(str(v) for row in conn.execute(text("SELECT * FROM api_keys")) for v in row)
+    assert api_keys.ingest not in stored and api_keys.admin not in stored
