@@ -16,7 +16,6 @@ from metering.db import make_engine, make_sessionmaker, resolve_database_url, tr
 from metering.errors import MeteringError
 
 
-
 def cmd_migrate(_: argparse.Namespace) -> int:
     settings = get_settings()
     engine = make_engine(resolve_database_url(settings), pool_size=1)

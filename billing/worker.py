@@ -33,12 +33,15 @@ def _guarded(name: str, job: Callable[[], Any]) -> Callable[[], None]:
     return run
 
 
-def job_table(sessions: sessionmaker[Session], settings: Settings) -> list[tuple[str, float, Callable[[], Any]]]:
+def job_table(
+    sessions: sessionmaker[Session], settings: Settings
+) -> list[tuple[str, float, Callable[[], Any]]]:
     """(name, interval seconds, function) for every periodic job."""
     return [
         ("refresh_liveness", max(settings.fold_interval_s / 2, 1.0),
          lambda: metering_jobs.refresh_liveness(sessions)),
-        ("fold_samples", settings.fold_interval_s * 6, lambda: metering_jobs.fold_samples(sessions)),
+        ("fold_samples", settings.fold_interval_s * 6,
+         lambda: metering_jobs.fold_samples(sessions)),
     ]
 
 

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     lease_ttl_s: int = 90
     default_plan: str = "hobby"
     orchestrator_webhook_url: str | None = None
-    orchestrator_webhook_secret: str = "whsec_metering_dev_secret"
+    orchestrator_webhook_secret: str | None = None
     webhook_max_age_s: int = 24 * 3600
 
     # Month close and Stripe

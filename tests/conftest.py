@@ -27,13 +27,34 @@ from metering.config import Settings
 from metering.core import clock
 from metering.db import make_engine, make_sessionmaker, transaction
 
-SERVER_URL = os.environ.get(
-    "METERING_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _server_url() -> str:
+    """The PostgreSQL server tests create their databases on: the configured one, else the
+    machine's on 127.0.0.1:5432, else an embedded server started for the run."""
+    configured = os.environ.get("METERING_TEST_DATABASE_URL")
+    if configured:
+        return configured
+    try:
+        psycopg.connect(LOCAL_SERVER, connect_timeout=2).close()
+        return LOCAL_SERVER
+    except psycopg.OperationalError:
+        from pathlib import Path
+
+        from metering.db import start_embedded
+
+        return start_embedded(Path(".metering-data/test-server"))
+
+
+SERVER_URL = _server_url()
 
 
 def _database_url(name: str) -> str:
-    base, _, _ = SERVER_URL.rpartition("/")
-    return f"{base}/{name}"
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(SERVER_URL)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,8 @@ class _Invalid(Exception):
 
 def digest_of(event: dict[str, Any]) -> bytes:
     """Content digest: the canonical (sorted-key) JSON of the whole event."""
-    return hashlib.blake2b(orjson.dumps(event, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
 def _string(obj: dict[str, Any], field: str, path: str, limit: int, required: bool = True) -> str:
@@ -126,7 +127,7 @@ def _number(data: dict[str, Any], field: str) -> float | None:  # float-ok: meas
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid(f"data.{field}: must be a number")
-    if value < 0 or value != value or value > 1e7:
+    if not 0 <= value <= 1e7:  # also refuses NaN
         raise _Invalid(f"data.{field}: must be between 0 and 10000000")
     return value
 
@@ -190,12 +191,14 @@ def _validate(raw: Any, index: int, now_ms: int, future_tolerance_ms: int) -> Sa
         fields["memory_used_mib"] = None if used is None else int(used)
     if time_ms > now_ms + future_tolerance_ms:
         raise _Invalid(
-            f"time: {moment.isoformat()} is more than {future_tolerance_ms // 1000} s in the future",
+            f"time: {moment.isoformat()} is more than {future_tolerance_ms // 1000} s "
+            "in the future",
             code="future_time",
         )
     return SandboxEvent(
         index=index, source=source, id=event_id, type=event_type, kind=kind, subject=subject,
-        time=from_ms(time_ms), time_ms=time_ms, team_id=team_id, execution_id=execution_id, data=data,
+        time=from_ms(time_ms), time_ms=time_ms, team_id=team_id, execution_id=execution_id,
+        data=data,
         digest=digest_of(raw), **fields,
     )
 

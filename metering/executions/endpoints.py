@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from metering.api.deps import PrincipalDep, SessionDep, SettingsDep, team_reader
 from metering.api.pagination import decode_cursor, encode_cursor
-from metering.core.clock import month_start, rfc3339, to_ms
+from metering.core.clock import month_start, rfc3339
 from metering.core.money import fmt, gib_seconds, vcpu_seconds
 from metering.errors import BadRequest, NotFound
 from metering.executions import pricing, reads
@@ -133,7 +133,7 @@ def list_sandboxes(
     data = []
     for r in rows:
         vcpu_ms, mib_ms = usage.get(r.execution_id, (0, 0))
-        running = r.end_at is None and to_ms(now) - to_ms(r.last_event_at) < stale.total_seconds() * 1000
+        running = r.end_at is None and now - r.last_event_at < stale
         ended_at = r.end_at if r.end_at is not None else (None if running else r.last_event_at)
         data.append({
             "execution_id": r.execution_id, "sandbox_id": r.sandbox_id, "team_id": r.team_id,

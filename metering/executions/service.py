@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any, cast
 
 from sqlalchemy.orm import Session
@@ -137,7 +138,7 @@ def priced_usage(
     pieces = reads.bucket_usage(session, team_id, fine, now, stale_after)
     out: list[PricedBucket] = []
     index = 0
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in pairwise(bounds):
         vcpu_ms = mib_ms = 0
         cost = Decimal(0)
         while index < len(pieces) and pieces[index].start < hi:

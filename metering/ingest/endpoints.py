@@ -15,6 +15,8 @@ from metering.ingest import service
 
 router = APIRouter(tags=["events"])
 
+BATCH_SCHEMA = {"type": "array", "items": {"type": "object"}, "maxItems": 10_000}
+
 
 class EventErrorOut(BaseModel):
     index: int
@@ -66,8 +68,8 @@ BatchDep = Annotated[list[Any], Depends(read_batch)]
     response_model=IngestOut,
     summary="Ingest a batch of sandbox events",
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/cloudevents-batch+json": {"schema": {"type": "array", "items": {"type": "object"}}},
-        "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+        "application/cloudevents-batch+json": {"schema": BATCH_SCHEMA},
+        "application/json": {"schema": BATCH_SCHEMA},
     }}},
 )
 def post_events(

@@ -53,7 +53,9 @@ def _conflict(event: SandboxEvent) -> EventError:
     )
 
 
-def ingest(session: Session, batch: list[Any], now: datetime, future_tolerance_s: int) -> IngestResult:
+def ingest(
+    session: Session, batch: list[Any], now: datetime, future_tolerance_s: int
+) -> IngestResult:
     valid, errors = validate_batch(batch, now, future_tolerance_s)
     result = IngestResult(errors=errors)
     # Duplicates inside the batch are decided here; the store decides against the past.
