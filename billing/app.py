@@ -121,3 +121,11 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.include_router(usage_endpoints.router)
     app.include_router(keys_endpoints.router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one API process started by `metering serve` (already migrated)."""
+    import os
+
+    url = os.environ.get("METERING_RESOLVED_DATABASE_URL")
+    return create_app(get_settings(), database_url=url, migrate_on_start=url is None)

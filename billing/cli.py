@@ -30,14 +30,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from billing.app import create_app
     from billing.worker import start_scheduler
 
+    import os
+
     settings = get_settings()
-    app = create_app(settings)
+    # Resolve (and, if embedded, start) the database once, migrate once, then hand the URL
+    # to every API process.
+    url = resolve_database_url(settings)
+    engine = make_engine(url, pool_size=2)
+    migrate.upgrade(engine)
+    os.environ["METERING_RESOLVED_DATABASE_URL"] = url
     scheduler = None
     if settings.run_scheduler and not args.no_worker:
-        scheduler = start_scheduler(app.state.sessions, settings)
+        from billing.worker import start_scheduler
+
+        scheduler = start_scheduler(make_sessionmaker(engine), settings)
     print(f"serving on http://{args.host}:{args.port}", flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+        uvicorn.run("billing.app:app_from_environment", factory=True, host=args.host,
+                    port=args.port, workers=args.workers, log_level="warning",
                     timeout_graceful_shutdown=10)
     finally:
         if scheduler is not None:
@@ -99,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API and the in-process scheduler")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="API processes")
     serve.add_argument("--no-worker", action="store_true", help="API only; run `metering worker`")
     serve.set_defaults(func=cmd_serve)
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from metering.core.events import SandboxEvent, key_tag
+from metering.core.events import SandboxEvent
 
 # Held shared by ingest of old samples and exclusively by the fold, so a sample can never be
 # checked against a minute row while the fold is moving that minute out of the pending table.
@@ -17,10 +17,12 @@ FOLD_LOCK = 0x6D657472  # "metr"
 _INSERT_PENDING = text("""
 INSERT INTO host_stats_pending
     (source, id, team_id, sandbox_id, execution_id, time, cpu_centipct, memory_used_mib, tag)
-SELECT * FROM unnest(
+SELECT s, i, t, sb, ex, timestamptz 'epoch' + ms * interval '1 millisecond', c, m, tg
+FROM unnest(
     CAST(:source AS text[]), CAST(:id AS text[]), CAST(:team_id AS text[]),
-    CAST(:sandbox_id AS text[]), CAST(:execution_id AS text[]), CAST(:time AS timestamptz[]),
+    CAST(:sandbox_id AS text[]), CAST(:execution_id AS text[]), CAST(:time_ms AS bigint[]),
     CAST(:cpu AS int[]), CAST(:mem AS int[]), CAST(:tag AS bigint[]))
+    AS u(s, i, t, sb, ex, ms, c, m, tg)
 ON CONFLICT (source, id) DO NOTHING
 RETURNING source, id
 """)
@@ -115,18 +117,18 @@ def insert_pending(session: Session, events: Sequence[SandboxEvent]) -> set[tupl
     """Insert samples; answer the keys that were new."""
     if not events:
         return set()
-    rows = session.execute(_INSERT_PENDING, {
+    params = {
         "source": [e.source for e in events],
         "id": [e.id for e in events],
         "team_id": [e.team_id for e in events],
         "sandbox_id": [e.subject for e in events],
         "execution_id": [e.execution_id for e in events],
-        "time": [e.time for e in events],
-        "cpu": [None if e.cpu_pct is None else round(e.cpu_pct * 100) for e in events],
+        "time_ms": [e.time_ms for e in events],
+        "cpu": [e.cpu_centipct for e in events],
         "mem": [e.memory_used_mib for e in events],
-        "tag": [key_tag(e.source, e.id, e.digest) for e in events],
-    })
-    return {(r[0], r[1]) for r in rows}
+        "tag": [e.tag for e in events],
+    }
+    return {(r[0], r[1]) for r in session.execute(_INSERT_PENDING, params)}
 
 
 def pending_tags(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
@@ -149,7 +151,7 @@ def folded_tags(session: Session, events: Sequence[SandboxEvent]) -> dict[int, i
         "idx": [e.index for e in events],
         "execution_id": [e.execution_id for e in events],
         "minute": [minute_of(e.time) for e in events],
-        "tag": [key_tag(e.source, e.id, e.digest) for e in events],
+        "tag": [e.tag for e in events],
     })
     return {int(r[0]): int(r[1]) for r in rows}
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from metering.core.events import EventError, SandboxEvent, key_tag, same_key, validate_batch
+from metering.core.clock import to_ms
+from metering.core.events import EventError, SandboxEvent, same_key, validate_batch
 from metering.executions import service as executions
 from metering.executions.repository import ExecutionKey
 from metering.ingest import repository as repo
@@ -85,8 +86,8 @@ def _ingest_samples(
 ) -> None:
     if not samples:
         return
-    horizon = now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE
-    old = [e for e in samples if e.time < horizon]
+    horizon_ms = to_ms(now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE)
+    old = [e for e in samples if e.time_ms < horizon_ms]
     to_insert = samples
     if old:
         repo.lock_fold_shared(session)
@@ -97,7 +98,7 @@ def _ingest_samples(
                 stored = folded.get(event.index)
                 if stored is None:
                     to_insert.append(event)
-                elif stored == key_tag(event.source, event.id, event.digest):
+                elif stored == event.tag:
                     result.duplicates += 1
                 else:
                     result.errors.append(_conflict(event))
@@ -107,11 +108,10 @@ def _ingest_samples(
     if missing:
         stored_tags = repo.pending_tags(session, [e.key for e in missing])
         for event in missing:
-            tag = key_tag(event.source, event.id, event.digest)
             stored_tag = stored_tags.get(event.key)
-            if stored_tag is not None and stored_tag == tag:
+            if stored_tag is not None and stored_tag == event.tag:
                 result.duplicates += 1
-            elif stored_tag is not None and same_key(stored_tag, tag):
+            elif stored_tag is not None and same_key(stored_tag, event.tag):
                 result.errors.append(_conflict(event))
             else:  # vanished between insert and read: folded meanwhile; treat as duplicate
                 result.duplicates += 1
@@ -135,7 +135,7 @@ def _ingest_lifecycle(session: Session, events: list[SandboxEvent], result: Inge
     newest: dict[str, ExecutionKey] = {}
     for event in stored:
         current = newest.get(event.execution_id)
-        if current is None or event.time > current.last_event_at:
+        if current is None or event.time_ms > to_ms(current.last_event_at):
             newest[event.execution_id] = ExecutionKey(
                 event.execution_id, event.team_id, event.subject, event.time)
     executions.recompute(session, list(newest.values()))

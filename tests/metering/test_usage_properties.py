@@ -7,6 +7,7 @@ import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import orjson
 from fastapi.testclient import TestClient
@@ -15,11 +16,22 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session, sessionmaker
 
 from metering import jobs
-from metering.core.money import gib_seconds, vcpu_seconds
 from tests.conftest import Keys
 
 BOUNDARY = datetime(2026, 10, 1, tzinfo=UTC)  # histories straddle Sep/Oct
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def plain(value: Decimal) -> str:
+    return "0" if value == 0 else format(value.normalize(), "f")
+
+
+def seconds(vcpu_ms: int) -> str:
+    return plain(Decimal(vcpu_ms) / 1000)
+
+
+def gib(mib_ms: int) -> str:
+    return plain(Decimal(mib_ms) / 1024 / 1000)
 
 
 def at(ms: int) -> str:
@@ -157,12 +169,9 @@ def test_usage_api_equals_direct_integration(
     expected_all = (sum(v for v, _ in whole), sum(m for _, m in whole))
     assert [p["start"][:7] for p in body["series"]] == ["2026-09", "2026-10"]
     got = [(p["vcpu_seconds"], p["gib_seconds"]) for p in body["series"]]
-    assert got == [
-        (str(vcpu_seconds(expected_sep[0]).normalize()) if expected_sep[0] else "0",
-         format(gib_seconds(expected_sep[1]).normalize(), "f") if expected_sep[1] else "0"),
-        (str(vcpu_seconds(expected_oct[0]).normalize()) if expected_oct[0] else "0",
-         format(gib_seconds(expected_oct[1]).normalize(), "f") if expected_oct[1] else "0"),
-    ]
+    assert got == [(seconds(expected_sep[0]), gib(expected_sep[1])),
+                   (seconds(expected_oct[0]), gib(expected_oct[1]))]
     # The months add up to the whole, exactly.
     assert expected_sep[0] + expected_oct[0] == expected_all[0]
-    assert body["totals"]["vcpu_seconds"] == (format(vcpu_seconds(expected_all[0]).normalize(), "f") if expected_all[0] else "0")
+    assert body["totals"]["vcpu_seconds"] == seconds(expected_all[0])
+    assert body["totals"]["gib_seconds"] == gib(expected_all[1])

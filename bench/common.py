@@ -1,0 +1,123 @@
+"""Shared benchmark plumbing: a fresh database, the service as a subprocess, a fleet of events."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = os.environ.get("METERING_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return f"{cores} cores, {mem_kib / 1024 / 1024:.0f} GiB"
+
+
+def fresh_database(name: str) -> str:
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(urlsplit(SERVER)._replace(path=f"/{name}"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def service(database_url: str, workers: int = 2, scheduler: bool = False,
+            env: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """Run `metering serve`; yield (base url, admin key)."""
+    port = free_port()
+    admin = "mk_admin_" + secrets.token_urlsafe(24)
+    environment = {**os.environ, "DATABASE_URL": database_url,
+                   "METERING_BOOTSTRAP_ADMIN_KEY": admin,
+                   "METERING_RUN_SCHEDULER": "true" if scheduler else "false",
+                   "METERING_LOG_LEVEL": "WARNING", **(env or {})}
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/metering"), "serve", "--port", str(port), "--workers", str(workers)],
+        env=environment, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("service did not become ready")
+        yield base, admin
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def create_key(base: str, admin: str, role: str, team_id: str | None = None) -> str:
+    response = httpx.post(base + "/v1/keys", json={"role": role, "team_id": team_id},
+                          headers={"Authorization": f"Bearer {admin}"})
+    response.raise_for_status()
+    return str(response.json()["key"])
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def fleet_events(sandboxes: int, seconds: int, start: datetime, teams: int = 50) -> Iterator[list[dict]]:
+    """One list per second of fleet time: `created` for each sandbox first, then one
+    `host_stats` per running sandbox per second."""
+    def base(i: int) -> tuple[str, str, str]:
+        return f"team_{i % teams}", f"sbx_{i:06d}", f"exe_{i:06d}"
+
+    yield [{
+        "specversion": "1.0", "id": f"c-{i}", "source": "orchestrator/bench/node-1",
+        "type": "sandbox.lifecycle.created", "subject": base(i)[1], "time": iso(start),
+        "data": {"team_id": base(i)[0], "execution_id": base(i)[2], "template_id": "base",
+                 "vcpu": 2, "memory_mib": 1024, "disk_mib": 10240},
+    } for i in range(sandboxes)]
+    for second in range(seconds):
+        moment = start + timedelta(seconds=second)
+        yield [{
+            "specversion": "1.0", "id": f"h-{i}-{second}", "source": "orchestrator/bench/node-1",
+            "type": "sandbox.host_stats", "subject": base(i)[1],
+            "time": iso(moment + timedelta(milliseconds=i % 1000)),
+            "data": {"team_id": base(i)[0], "execution_id": base(i)[2],
+                     "cpu_pct": round((i * 7 + second) % 1000 / 10, 1),
+                     "memory_used_mib": 200 + (i + second) % 700},
+        } for i in range(sandboxes)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def log(*args: object) -> None:
+    print(*args, file=sys.stderr, flush=True)
