@@ -66,6 +66,15 @@ the lines; the close turns it into a new credit grant for the team.
 Line order: per plan group (by first second on the plan, then code, then version): fee, usage
 (by price version, vCPU before memory), true-up; then adjustments (by period, price version, vCPU
 before memory); then credits in burn-down order; then the carry-forward line.
+
+Input errors raise `ValueError` (or `TypeError` for a float or a bool where a Decimal or an int
+belongs): a period that is not one UTC calendar month, overlapping plan periods, one plan version
+with two fees, one price version with two prices, usage naming a plan version with no plan
+period, an adjustment for the month being rated or later, duplicate grant ids. A bill built on
+inconsistent rows is worse than a close that stops and says why.
+
+Quote. `quote()` multiplies a workload out (vcpu x seconds x runs, memory likewise) into integer
+milliseconds, prices them exactly, and rounds the total once; it has no plan fee or commitment.
 """
 
 from __future__ import annotations
