@@ -63,7 +63,9 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per request. A connection found dead answers
+        # 503 once and the pool discards every connection of the dead server.
+        pool_pre_ping=False,
         pool_timeout=5,
         connect_args={"connect_timeout": 3, "options": "-c timezone=UTC"},
     )

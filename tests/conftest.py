@@ -26,6 +26,7 @@ from metering.auth import service as keys
 from metering.config import Settings
 from metering.core import clock
 from metering.db import make_engine, make_sessionmaker, transaction
+from metering.teams.service import forget_known_teams
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -92,6 +93,7 @@ KEEP = {"alembic_version"}
 @pytest.fixture(autouse=True)
 def clean_database(request: pytest.FixtureRequest) -> Iterator[None]:
     clock.set_offset(timedelta(0))
+    forget_known_teams()
     if "engine" not in request.fixturenames and "client" not in request.fixturenames:
         yield
         return
