@@ -42,6 +42,8 @@ def job_table(
          lambda: metering_jobs.refresh_liveness(sessions)),
         ("fold_samples", settings.fold_interval_s * 6,
          lambda: metering_jobs.fold_samples(sessions)),
+        ("settle_stale", settings.fold_interval_s * 2,
+         lambda: metering_jobs.settle_stale(sessions, settings.stale_after_s)),
     ]
 
 

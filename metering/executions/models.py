@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, Integer, PrimaryKeyConstraint, String, text
+from sqlalchemy import BigInteger, DateTime, Index, Integer, PrimaryKeyConstraint, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from metering.db import Base
@@ -20,7 +20,8 @@ class Execution(Base):
     __table_args__ = (
         Index("ix_executions_team_start", "team_id", "start_at"),
         Index("ix_executions_sandbox", "sandbox_id"),
-        Index("ix_executions_open", "team_id", postgresql_where=text("end_at IS NULL")),
+        Index("ix_executions_open", "team_id",
+              postgresql_where=text("end_at IS NULL AND inferred_end_at IS NULL")),
     )
 
     execution_id: Mapped[str] = mapped_column(String(256), primary_key=True)
@@ -35,6 +36,9 @@ class Execution(Base):
     end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     end_kind: Mapped[str | None] = mapped_column(String(16))
     end_reason: Mapped[str | None] = mapped_column(String(32))
+    # Set by the settle sweep once an execution without a true end went stale: it ended at its
+    # newest event. Cleared when any newer event arrives (the execution is open again).
+    inferred_end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("now()")
@@ -56,3 +60,20 @@ class ExecutionSegment(Base):
     end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     vcpu: Mapped[int] = mapped_column(Integer)
     memory_mib: Mapped[int] = mapped_column(Integer)
+
+
+class UsageRollup(Base):
+    """Usage of settled executions (true or inferred end) per team and UTC hour.
+
+    Maintained by deltas in the same transaction that changes an execution (subtract its old
+    contribution, add its new one), so reads of long ranges sum hours instead of integrating
+    every execution. Open executions are integrated live on read.
+    """
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (PrimaryKeyConstraint("team_id", "hour"),)
+
+    team_id: Mapped[str] = mapped_column(String(128))
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    vcpu_ms: Mapped[int] = mapped_column(BigInteger)
+    mib_ms: Mapped[int] = mapped_column(BigInteger)

@@ -18,19 +18,22 @@ from sqlalchemy.orm import Session
 # The billed end of a segment, with the running/stale rule.
 _SEGMENT_END = """
     CASE WHEN s.end_at IS NOT NULL THEN s.end_at
+         WHEN e.inferred_end_at IS NOT NULL THEN e.inferred_end_at
          WHEN e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)
               THEN CAST(:now AS timestamptz)
          ELSE greatest(e.last_event_at, s.start_at) END
 """
 
-_BUCKETED = text(f"""
+_OPEN = "e.end_at IS NULL AND e.inferred_end_at IS NULL"
+_SETTLED = "(e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)"
+
+_BUCKETED_SQL = """
 WITH seg AS (
     SELECT s.vcpu, s.memory_mib,
            greatest(s.start_at, CAST(:start AS timestamptz)) AS lo,
-           least({_SEGMENT_END}, CAST(:end AS timestamptz)) AS hi
-    FROM execution_segments s JOIN executions e ON e.execution_id = s.execution_id
-    WHERE s.team_id = :team_id AND s.start_at < :end
-      AND (s.end_at IS NULL OR s.end_at > :start)
+           least({segment_end}, CAST(:end AS timestamptz)) AS hi
+    FROM {source}
+    WHERE s.start_at < :end AND (s.end_at IS NULL OR s.end_at > :start)
 ), piece AS (
     SELECT i, seg.vcpu, seg.memory_mib,
            CAST(extract(epoch FROM least(seg.hi, b.bounds[i + 1])
@@ -44,6 +47,25 @@ WITH seg AS (
 )
 SELECT i, CAST(sum(vcpu * ms) AS bigint), CAST(sum(memory_mib * ms) AS bigint)
 FROM piece GROUP BY i ORDER BY i
+"""
+
+# Open executions of a team (few: at most its concurrency) through the partial index.
+_BUCKETED_OPEN = text(_BUCKETED_SQL.format(segment_end=_SEGMENT_END, source=f"""
+    executions e JOIN execution_segments s ON s.execution_id = e.execution_id
+    WHERE e.team_id = :team_id AND {_OPEN} AND""").replace("WHERE s.start_at", "s.start_at"))
+
+# Settled executions, only for the partial hours the rollups cannot split.
+_BUCKETED_SETTLED = text(_BUCKETED_SQL.format(segment_end=_SEGMENT_END, source=f"""
+    execution_segments s JOIN executions e ON e.execution_id = s.execution_id
+    WHERE s.team_id = :team_id AND {_SETTLED} AND""").replace("WHERE s.start_at", "s.start_at"))
+
+_ROLLUPS = text("""
+SELECT width_bucket(hour, CAST(:bounds AS timestamptz[])) AS i,
+       CAST(sum(vcpu_ms) AS bigint), CAST(sum(mib_ms) AS bigint)
+FROM usage_rollups
+WHERE team_id = :team_id AND hour >= :start AND hour < :end
+  AND NOT (hour = ANY(CAST(:partial AS timestamptz[])))
+GROUP BY i
 """)
 
 _PER_EXECUTION = text(f"""
@@ -66,22 +88,45 @@ class BucketUsage:
     mib_ms: int
 
 
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
 def bucket_usage(
     session: Session, team_id: str, bounds: Sequence[datetime], now: datetime,
     stale_after: timedelta,
 ) -> list[BucketUsage]:
-    """Usage in each [bounds[i], bounds[i+1]); every bucket is answered, zero or not."""
-    found: dict[int, tuple[int, int]] = {}
-    if len(bounds) >= 2:
-        rows = session.execute(_BUCKETED, {
-            "team_id": team_id, "start": bounds[0], "end": bounds[-1], "now": now,
-            "stale": stale_after, "bounds": list(bounds),
-        })
-        found = {int(r[0]): (int(r[1] or 0), int(r[2] or 0)) for r in rows}
-    return [
-        BucketUsage(bounds[i - 1], bounds[i], *found.get(i, (0, 0)))
-        for i in range(1, len(bounds))
-    ]
+    """Usage in each [bounds[i], bounds[i+1]); every bucket is answered, zero or not.
+
+    Settled usage comes from the hourly rollups, except in hours that a bound cuts, which
+    are integrated exactly from segments; open executions are always integrated live.
+    """
+    if len(bounds) < 2:
+        return []
+    totals = [[0, 0] for _ in range(len(bounds) - 1)]
+
+    def add(rows: Any, shift: int = 0) -> None:
+        for r in rows:
+            index = int(r[0]) - 1 + shift
+            if 0 <= index < len(totals):
+                totals[index][0] += int(r[1] or 0)
+                totals[index][1] += int(r[2] or 0)
+
+    params = {"team_id": team_id, "now": now, "stale": stale_after}
+    add(session.execute(_BUCKETED_OPEN, {
+        **params, "start": bounds[0], "end": bounds[-1], "bounds": list(bounds)}))
+    partial = sorted({_floor_hour(b) for b in bounds if b != _floor_hour(b)})
+    add(session.execute(_ROLLUPS, {
+        "team_id": team_id, "bounds": list(bounds), "start": _floor_hour(bounds[0]),
+        "end": bounds[-1], "partial": partial}))
+    for hour in partial:
+        lo, hi = max(hour, bounds[0]), min(hour + timedelta(hours=1), bounds[-1])
+        inner = [lo, *(b for b in bounds if lo < b < hi), hi]
+        first = max(i for i, b in enumerate(bounds) if b <= lo)
+        add(session.execute(_BUCKETED_SETTLED, {
+            **params, "start": lo, "end": hi, "bounds": inner}), shift=first)
+    return [BucketUsage(bounds[i], bounds[i + 1], totals[i][0], totals[i][1])
+            for i in range(len(totals))]
 
 
 def execution_usage(
@@ -97,7 +142,8 @@ def execution_usage(
 
 _LIST_EXECUTIONS = """
 SELECT e.execution_id, e.sandbox_id, e.team_id, e.template_id, e.start_at, e.start_kind,
-       e.vcpu, e.memory_mib, e.disk_mib, e.end_at, e.end_kind, e.end_reason, e.last_event_at
+       e.vcpu, e.memory_mib, e.disk_mib, e.end_at, e.end_kind, e.end_reason, e.last_event_at,
+       e.inferred_end_at
 FROM executions e
 WHERE e.team_id = :team_id AND e.start_at IS NOT NULL
   {state}
@@ -108,9 +154,9 @@ ORDER BY e.start_at DESC, e.execution_id DESC
 LIMIT :limit
 """
 
-RUNNING = ("AND e.end_at IS NULL AND e.last_event_at > CAST(:now AS timestamptz) "
+RUNNING = ("AND e.end_at IS NULL AND e.inferred_end_at IS NULL AND e.last_event_at > CAST(:now AS timestamptz) "
            "- CAST(:stale AS interval)")
-ENDED = ("AND (e.end_at IS NOT NULL OR e.last_event_at <= CAST(:now AS timestamptz) "
+ENDED = ("AND (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL OR e.last_event_at <= CAST(:now AS timestamptz) "
          "- CAST(:stale AS interval))")
 
 

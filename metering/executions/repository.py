@@ -43,6 +43,7 @@ UPDATE executions AS e SET
     start_at = u.start_at, start_kind = u.start_kind, vcpu = u.vcpu, memory_mib = u.memory_mib,
     disk_mib = u.disk_mib, template_id = u.template_id,
     end_at = u.end_at, end_kind = u.end_kind, end_reason = u.end_reason,
+    inferred_end_at = NULL,
     last_event_at = greatest(e.last_event_at, u.last_event_at), updated_at = now()
 FROM unnest(CAST(:execution_id AS text[]), CAST(:start_at AS timestamptz[]),
             CAST(:start_kind AS text[]), CAST(:vcpu AS int[]), CAST(:memory_mib AS int[]),
@@ -131,3 +132,80 @@ def store_recomputed(session: Session, items: Sequence[Recomputed]) -> None:
             seg_rows["memory_mib"].append(segment.memory_mib)
     if seg_rows["execution_id"]:
         session.execute(_INSERT_SEGMENTS, seg_rows)
+
+
+# The hourly contribution of settled executions, times :sign (+1 add, -1 subtract).
+_ROLLUP_DELTA = text("""
+INSERT INTO usage_rollups AS r (team_id, hour, vcpu_ms, mib_ms)
+SELECT s.team_id, h.hour,
+       CAST(:sign * sum(s.vcpu * m.ms) AS bigint), CAST(:sign * sum(s.memory_mib * m.ms) AS bigint)
+FROM execution_segments s
+JOIN executions e ON e.execution_id = s.execution_id
+CROSS JOIN LATERAL (SELECT coalesce(s.end_at, e.inferred_end_at) AS seg_end) x
+CROSS JOIN LATERAL generate_series(date_trunc('hour', s.start_at),
+                                   x.seg_end - interval '1 millisecond',
+                                   interval '1 hour') AS h(hour)
+CROSS JOIN LATERAL (SELECT CAST(extract(epoch FROM least(x.seg_end, h.hour + interval '1 hour')
+                                        - greatest(s.start_at, h.hour)) * 1000 AS bigint) AS ms) m
+WHERE s.execution_id = ANY(CAST(:ids AS text[]))
+  AND (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)
+  AND x.seg_end > s.start_at
+GROUP BY s.team_id, h.hour
+ORDER BY s.team_id, h.hour
+ON CONFLICT (team_id, hour) DO UPDATE SET
+    vcpu_ms = r.vcpu_ms + excluded.vcpu_ms, mib_ms = r.mib_ms + excluded.mib_ms
+""")
+
+_SETTLE = text("""
+WITH due AS (
+    SELECT execution_id FROM executions
+    WHERE end_at IS NULL AND inferred_end_at IS NULL
+      AND last_event_at <= CAST(:now AS timestamptz) - CAST(:stale AS interval)
+    ORDER BY execution_id LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE executions e SET inferred_end_at = e.last_event_at, updated_at = now()
+FROM due WHERE e.execution_id = due.execution_id
+RETURNING e.execution_id
+""")
+
+_REOPEN_CANDIDATES = text("""
+SELECT e.execution_id FROM executions e
+JOIN unnest(CAST(:ids AS text[]), CAST(:newest AS timestamptz[])) AS n(execution_id, newest)
+  ON n.execution_id = e.execution_id
+WHERE e.inferred_end_at IS NOT NULL AND n.newest > e.inferred_end_at
+ORDER BY e.execution_id
+FOR UPDATE OF e
+""")
+
+_REOPEN = text("""
+UPDATE executions SET inferred_end_at = NULL, updated_at = now()
+WHERE execution_id = ANY(CAST(:ids AS text[]))
+""")
+
+
+def apply_rollup_delta(session: Session, ids: Sequence[str], sign: int) -> None:
+    """Add (+1) or subtract (-1) the settled usage of these (locked) executions."""
+    if ids:
+        session.execute(_ROLLUP_DELTA, {"ids": list(ids), "sign": sign})
+
+
+def settle_stale(session: Session, now: datetime, stale_after: Any, limit: int) -> list[str]:
+    """Give stale executions without a true end their inferred end, and roll them up."""
+    ids = [r[0] for r in session.execute(
+        _SETTLE, {"now": now, "stale": stale_after, "limit": limit})]
+    apply_rollup_delta(session, ids, +1)
+    return ids
+
+
+def reopen_if_newer(session: Session, newest: dict[str, datetime]) -> list[str]:
+    """Executions settled at an inferred end that now have a newer event are open again."""
+    if not newest:
+        return []
+    ids = sorted(newest)
+    reopened = [r[0] for r in session.execute(
+        _REOPEN_CANDIDATES, {"ids": ids, "newest": [newest[i] for i in ids]})]
+    if reopened:
+        apply_rollup_delta(session, reopened, -1)
+        session.execute(_REOPEN, {"ids": reopened})
+    return reopened

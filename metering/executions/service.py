@@ -37,6 +37,8 @@ def recompute(session: Session, keys: Sequence[ExecutionKey]) -> None:
         return
     team_of = repo.ensure_and_lock(session, keys)
     ids = list(team_of)
+    # Take the executions' old settled usage out of the rollups; put the new one back below.
+    repo.apply_rollup_delta(session, ids, -1)
     by_execution: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for row in repo.lifecycle_rows(session, ids):
         by_execution[row[0]].append(row)
@@ -76,6 +78,7 @@ def recompute(session: Session, keys: Sequence[ExecutionKey]) -> None:
             ),
         ))
     repo.store_recomputed(session, items)
+    repo.apply_rollup_delta(session, ids, +1)
 
 
 # --- reads -------------------------------------------------------------------------------

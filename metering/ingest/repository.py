@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from metering.core.events import SandboxEvent
+from metering.executions.repository import reopen_if_newer
 
 # Held shared by ingest of old samples and exclusively by the fold, so a sample can never be
 # checked against a minute row while the fold is moving that minute out of the pending table.
@@ -99,11 +100,16 @@ WITH moved AS (
 SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM upserted)
 """)
 
-_LIVENESS = text("""
-INSERT INTO executions AS e (execution_id, team_id, sandbox_id, last_event_at)
+_NEWEST_PENDING = text("""
 SELECT execution_id, min(team_id), min(sandbox_id), max(time)
 FROM host_stats_pending GROUP BY execution_id
-ORDER BY execution_id
+""")
+
+_LIVENESS = text("""
+INSERT INTO executions AS e (execution_id, team_id, sandbox_id, last_event_at)
+SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:teams AS text[]), CAST(:sandboxes AS text[]),
+                     CAST(:newest AS timestamptz[]))
+ORDER BY 1
 ON CONFLICT (execution_id) DO UPDATE SET last_event_at = excluded.last_event_at
 WHERE e.last_event_at < excluded.last_event_at
 """)
@@ -193,6 +199,13 @@ def fold(session: Session, watermark: datetime, limit: int) -> int:
 
 
 def refresh_liveness(session: Session) -> int:
-    """Carry the newest pending sample of each execution into `executions.last_event_at`."""
-    result = session.execute(_LIVENESS)
+    """Carry the newest pending sample of each execution into `executions.last_event_at`,
+    reopening executions that had been settled at an older inferred end."""
+    rows = sorted(session.execute(_NEWEST_PENDING).all())
+    if not rows:
+        return 0
+    reopen_if_newer(session, {r[0]: r[3] for r in rows})
+    result = session.execute(_LIVENESS, {
+        "ids": [r[0] for r in rows], "teams": [r[1] for r in rows],
+        "sandboxes": [r[2] for r in rows], "newest": [r[3] for r in rows]})
     return int(getattr(result, "rowcount", 0) or 0)

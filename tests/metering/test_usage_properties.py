@@ -132,10 +132,11 @@ def reference_usage(h: History, lo: int, hi: int) -> tuple[int, int]:
     seed=st.integers(0, 2**32 - 1),
     batches=st.integers(1, 6),
     fold_after=st.integers(0, 6),
+    settle_after=st.integers(0, 7),
 )
 def test_usage_api_equals_direct_integration(
     client: TestClient, api_keys: Keys, sessions: sessionmaker[Session],
-    runs: list[History], seed: int, batches: int, fold_after: int,
+    runs: list[History], seed: int, batches: int, fold_after: int, settle_after: int,
 ) -> None:
     rng = random.Random(seed)
     team = f"team_{uuid.uuid4().hex[:10]}"
@@ -153,9 +154,11 @@ def test_usage_api_equals_direct_integration(
         assert response.json()["rejected"] == 0
         if number == fold_after:
             jobs.fold_samples(sessions)
+        if number == settle_after:  # settled usage moves to the hourly rollups
+            jobs.settle_stale(sessions, stale_after_s=60)
     jobs.refresh_liveness(sessions)
 
-    lo_ms, hi_ms = -40 * HOUR, 80 * HOUR + 2 * HOUR
+    lo_ms, hi_ms = -40 * HOUR - rng.randint(0, HOUR), 80 * HOUR + rng.randint(0, 2 * HOUR)
     response = client.get(f"/v1/teams/{team}/usage", params={
         "start": at(lo_ms), "end": at(hi_ms), "granularity": "month"},
         headers=Keys.auth(api_keys.finance))
