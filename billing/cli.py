@@ -25,12 +25,11 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     import uvicorn
 
-    from billing.app import create_app
     from billing.worker import start_scheduler
-
-    import os
 
     settings = get_settings()
     # Resolve (and, if embedded, start) the database once, migrate once, then hand the URL

@@ -7,10 +7,9 @@ the fold takes an exclusive advisory lock, and the liveness refresh is a monoton
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
-
-from datetime import timedelta
 
 from metering.core.clock import from_ms, to_ms, utc_now
 from metering.db import transaction

@@ -17,7 +17,7 @@ def test_upgrade_downgrade_upgrade_and_no_drift(database_url: str) -> None:
 
     from tests.conftest import SERVER_URL, _database_url
 
-    name = "metering_migrations_" + database_url.rsplit("/", 1)[-1].split("?")[0][-24:]
+    name = "metering_migrations_" + database_url.rsplit("/", 1)[-1].split("?", maxsplit=1)[0][-24:]
     with psycopg.connect(SERVER_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -154,10 +154,9 @@ ORDER BY e.start_at DESC, e.execution_id DESC
 LIMIT :limit
 """
 
-RUNNING = ("AND e.end_at IS NULL AND e.inferred_end_at IS NULL AND e.last_event_at > CAST(:now AS timestamptz) "
-           "- CAST(:stale AS interval)")
-ENDED = ("AND (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL OR e.last_event_at <= CAST(:now AS timestamptz) "
-         "- CAST(:stale AS interval))")
+_FRESH = "e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)"
+RUNNING = f"AND {_OPEN} AND {_FRESH}"
+ENDED = f"AND NOT ({_OPEN} AND {_FRESH})"
 
 
 def list_executions(
