@@ -21,12 +21,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.app import create_app
-from metering import migrate
+from metering import known, migrate
 from metering.auth import service as keys
 from metering.config import Settings
 from metering.core import clock
 from metering.db import make_engine, make_sessionmaker, transaction
-from metering.teams.service import forget_known_teams
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -93,7 +92,7 @@ KEEP = {"alembic_version"}
 @pytest.fixture(autouse=True)
 def clean_database(request: pytest.FixtureRequest) -> Iterator[None]:
     clock.set_offset(timedelta(0))
-    forget_known_teams()
+    known.forget_all()
     if "engine" not in request.fixturenames and "client" not in request.fixturenames:
         yield
         return

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from hashlib import blake2b
-from zlib import adler32, crc32
 from typing import Any
+from zlib import adler32, crc32
 
 import orjson
 

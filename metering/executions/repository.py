@@ -68,6 +68,18 @@ SELECT * FROM unnest(CAST(:execution_id AS text[]), CAST(:seq AS int[]),
 """)
 
 
+def ensure(session: Session, keys: Sequence[ExecutionKey]) -> None:
+    """Create missing execution rows (no locks taken on existing ones)."""
+    ordered = sorted({k.execution_id: k for k in keys}.values(), key=lambda k: k.execution_id)
+    if ordered:
+        session.execute(_ENSURE, {
+            "execution_id": [k.execution_id for k in ordered],
+            "team_id": [k.team_id for k in ordered],
+            "sandbox_id": [k.sandbox_id for k in ordered],
+            "last_event_at": [k.last_event_at for k in ordered],
+        })
+
+
 def ensure_and_lock(session: Session, keys: Sequence[ExecutionKey]) -> dict[str, str]:
     """Create missing execution rows, then lock them all in id order (no deadlocks).
 

@@ -57,8 +57,7 @@ class PendingSample(Base):
 
     source: Mapped[str] = mapped_column(String(1024))
     id: Mapped[str] = mapped_column(String(256))
-    team_id: Mapped[str] = mapped_column(String(128))
-    sandbox_id: Mapped[str] = mapped_column(String(256))
+    # The execution row (made at ingest) carries the team and sandbox.
     execution_id: Mapped[str] = mapped_column(String(256))
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     cpu_centipct: Mapped[int | None] = mapped_column(Integer)

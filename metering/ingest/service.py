@@ -14,8 +14,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from metering import known
 from metering.core.clock import to_ms
 from metering.core.events import EventError, SandboxEvent, same_key, validate_batch
+from metering.executions import repository as executions_repo
 from metering.executions import service as executions
 from metering.executions.repository import ExecutionKey
 from metering.ingest import repository as repo
@@ -86,6 +88,7 @@ def _ingest_samples(
 ) -> None:
     if not samples:
         return
+    _ensure_executions(session, samples)
     horizon_ms = to_ms(now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE)
     old = [e for e in samples if e.time_ms < horizon_ms]
     to_insert = samples
@@ -103,6 +106,9 @@ def _ingest_samples(
                 else:
                     result.errors.append(_conflict(event))
     inserted = repo.insert_pending(session, to_insert)
+    if inserted is None:
+        result.accepted += len(to_insert)
+        return
     result.accepted += len(inserted)
     missing = [e for e in to_insert if e.key not in inserted]
     if missing:
@@ -115,6 +121,17 @@ def _ingest_samples(
                 result.errors.append(_conflict(event))
             else:  # vanished between insert and read: folded meanwhile; treat as duplicate
                 result.duplicates += 1
+
+
+def _ensure_executions(session: Session, samples: list[SandboxEvent]) -> None:
+    """Samples name their execution; its row (team, sandbox) must exist for the fold."""
+    unknown = set(known.executions.unknown(e.execution_id for e in samples))
+    if not unknown:
+        return
+    keys = {e.execution_id: ExecutionKey(e.execution_id, e.team_id, e.subject, e.time)
+            for e in samples if e.execution_id in unknown}
+    executions_repo.ensure(session, list(keys.values()))
+    known.executions.remember_after_commit(session, unknown)
 
 
 def _ingest_lifecycle(session: Session, events: list[SandboxEvent], result: IngestResult) -> None:
