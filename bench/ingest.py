@@ -1,7 +1,7 @@
 """Ingest throughput: a fleet's per-second samples posted over HTTP to a running service,
 against a raw COPY of the same events into a bare table on the same PostgreSQL.
 
-    .venv/bin/python bench/ingest.py [--sandboxes 1000] [--seconds 60] [--clients 4]
+    .venv/bin/python bench/ingest.py [--sandboxes 1000] [--seconds 120] [--clients 8]
 
 Prints events/s, p50/p99 batch latency, the COPY rate and the ratio.
 """
@@ -94,8 +94,8 @@ def copy_baseline(url: str, bodies: list[bytes]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sandboxes", type=int, default=1000)
-    parser.add_argument("--seconds", type=int, default=60)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=int, default=120)
+    parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 

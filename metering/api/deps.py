@@ -16,7 +16,7 @@ from metering.errors import NotFound, Unauthorized
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -40,16 +40,20 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+def authenticate(session: Session, token: str | None) -> Principal:
+    if not token:
+        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
+    principal = resolve(session, token)
+    if principal is None:
+        raise Unauthorized("unknown or revoked API key")
+    return principal
+
+
 def get_principal(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
-    principal = resolve(session, credentials.credentials)
-    if principal is None:
-        raise Unauthorized("unknown or revoked API key")
-    return principal
+    return authenticate(session, credentials.credentials if credentials else None)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -269,15 +269,79 @@ def _future(time_ms: int, tolerance_ms: int) -> _Invalid:
     )
 
 
+_SECOND_PREFIX = 19  # "2026-11-03T10:15:02"
+
+
+def _sample_fast(
+    raw: Any, index: int, limit_ms: int, seconds: dict[str, int]
+) -> SandboxEvent | None:
+    """The common well-formed sample (`YYYY-MM-DDTHH:MM:SS.mmmZ`, plain fields), or None to
+    let `_validate` decide, and word any error, the long way.
+
+    A fleet sends one sample per sandbox per second, so this path is most of all traffic;
+    it makes the same checks as `_validate` with fewer calls, and parses each distinct
+    second of a batch once.
+    """
+    if type(raw) is not dict or raw.get("type") != HOST_STATS or raw.get("specversion") != "1.0":
+        return None
+    source = raw.get("source")
+    event_id = raw.get("id")
+    subject = raw.get("subject")
+    stamp = raw.get("time")
+    data = raw.get("data")
+    if not (type(source) is str and type(event_id) is str and type(subject) is str
+            and type(stamp) is str and type(data) is dict
+            and 0 < len(source) <= MAX_SOURCE and 0 < len(event_id) <= MAX_ID
+            and 0 < len(subject) <= MAX_SUBJECT and len(stamp) == 24
+            and stamp[19] == "." and stamp[23] == "Z" and stamp[20:23].isdigit()):
+        return None
+    team_id = data.get("team_id")
+    execution_id = data.get("execution_id")
+    if not (type(team_id) is str and type(execution_id) is str
+            and 0 < len(team_id) <= MAX_NAME and 0 < len(execution_id) <= MAX_SUBJECT):
+        return None
+    cpu = data.get("cpu_pct")
+    used = data.get("memory_used_mib")
+    if cpu is not None:
+        if type(cpu) not in _NUMBER or not 0 <= cpu <= 1e7:
+            return None
+        cpu = round(cpu * 100)
+    if used is not None:
+        if type(used) not in _NUMBER or not 0 <= used <= 1e7:
+            return None
+        used = round(used)
+    prefix = stamp[:_SECOND_PREFIX]
+    second_ms = seconds.get(prefix)
+    if second_ms is None:
+        try:
+            second_ms = parse_time_ms(prefix + "Z")
+        except _Invalid:
+            return None
+        seconds[prefix] = second_ms
+    time_ms = second_ms + int(stamp[20:23])
+    if time_ms > limit_ms:
+        return None
+    canonical = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    return SandboxEvent(index, source, event_id, "host_stats", subject, time_ms, team_id,
+                        execution_id, data, canonical, None, None, None, None, None, cpu, used,
+                        key_tag(source, event_id, canonical))
+
+
 def validate_batch(
     batch: list[Any], now: datetime, future_tolerance_s: int = 300
 ) -> tuple[list[SandboxEvent], list[EventError]]:
     """Split a batch into valid events and per-index errors (in index order)."""
     now_ms = to_ms(now)
     tolerance_ms = future_tolerance_s * 1000
+    limit_ms = now_ms + tolerance_ms
     valid: list[SandboxEvent] = []
     errors: list[EventError] = []
+    seconds: dict[str, int] = {}
     for index, raw in enumerate(batch):
+        fast = _sample_fast(raw, index, limit_ms, seconds)
+        if fast is not None:
+            valid.append(fast)
+            continue
         try:
             valid.append(_validate(raw, index, now_ms, tolerance_ms))
         except _Invalid as exc:
