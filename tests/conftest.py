@@ -103,12 +103,16 @@ def clean_database(request: pytest.FixtureRequest) -> Iterator[None]:
         wipe = [t for t in tables if t not in KEEP and t not in SEEDED]
         if wipe:
             conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in wipe) + " CASCADE"))
+        # Seeded plans stay; versions and plans a test added go.
+        conn.execute(text("DELETE FROM plan_versions WHERE id NOT IN "
+                          "('pv_hobby_1', 'pv_pro_1', 'pv_enterprise_1')"))
+        conn.execute(text("DELETE FROM plans WHERE code NOT IN ('hobby', 'pro', 'enterprise')"))
     yield
     clock.set_offset(timedelta(0))
 
 
-# Seeded tables (plans and their versions) are listed by later migrations' tests.
-SEEDED: set[str] = set()
+# Tables seeded by migrations (the default plans): cleaned row by row, not truncated.
+SEEDED: set[str] = {"plans", "plan_versions"}
 
 
 @pytest.fixture(scope="session")

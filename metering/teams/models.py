@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import Boolean, DateTime, String, text
+from sqlalchemy import Boolean, DateTime, Numeric, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from metering.db import Base
@@ -22,3 +23,8 @@ class Team(Base):
     )
     blocked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     blocked_reason: Mapped[str | None] = mapped_column(String(64))
+    # Monthly spend limit (usage charges in the team's currency); None means no limit.
+    spend_limit: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    # Invoices are charged automatically or sent for payment (Stripe's collection_method).
+    collection_method: Mapped[str] = mapped_column(
+        String(32), server_default=text("'charge_automatically'"))

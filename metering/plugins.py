@@ -1,0 +1,87 @@
+"""What metering needs from the billing side, as one protocol billing installs at wiring time.
+
+Metering never imports billing. Prices, plan limits and a team's financial standing (credit
+left, spend this month) are billing's data; metering asks for them through `Billing`. Without
+an installed implementation, configured default prices and the default plan's limits apply,
+which is what the spine runs on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from metering.config import get_settings
+from metering.core.limits import DEFAULT_PLAN_LIMITS, PlanLimits
+from metering.core.money import UnitPrices
+from metering.core.pricing import PriceSchedule, constant
+
+
+@dataclass(frozen=True, slots=True)
+class TeamLimits:
+    """The limits in force for a team at an instant."""
+
+    plan_code: str
+    limits: PlanLimits
+    credit_enforced: bool  # running out of prepaid credit stops the team (Hobby)
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A team's money position right now, running sandboxes included."""
+
+    team_id: str
+    blocked: bool
+    blocked_reason: str | None
+    credit_granted: Decimal
+    credit_used: Decimal
+    credit_remaining: Decimal | None  # None: credit does not stop this team
+    month_spend: Decimal
+    spend_limit: Decimal | None
+    burn_rate_per_hour: Decimal  # cost per hour of what runs now
+    currency: str = "usd"
+
+
+class Billing(Protocol):
+    def price_schedule(
+        self, session: Session, team_id: str, start: datetime, end: datetime
+    ) -> PriceSchedule: ...
+
+    def limits(self, session: Session, team_id: str, at: datetime) -> TeamLimits: ...
+
+    def standing(self, session: Session, team_id: str, now: datetime) -> Standing: ...
+
+
+class DefaultBilling:
+    """Configured prices and the default plan's limits; no credit, no spend limit."""
+
+    def price_schedule(
+        self, session: Session, team_id: str, start: datetime, end: datetime
+    ) -> PriceSchedule:
+        settings = get_settings()
+        return constant(UnitPrices(settings.price_vcpu_second, settings.price_gib_second,
+                                   settings.currency))
+
+    def limits(self, session: Session, team_id: str, at: datetime) -> TeamLimits:
+        plan = get_settings().default_plan
+        return TeamLimits(plan, DEFAULT_PLAN_LIMITS[plan], credit_enforced=False)
+
+    def standing(self, session: Session, team_id: str, now: datetime) -> Standing:
+        zero = Decimal(0)
+        return Standing(team_id, False, None, zero, zero, None, zero, None, zero)
+
+
+_billing: Billing = DefaultBilling()
+
+
+def install(billing: Billing) -> None:
+    global _billing  # noqa: PLW0603 - one implementation per process, set at wiring time
+    _billing = billing
+
+
+def billing() -> Billing:
+    return _billing
