@@ -8,6 +8,7 @@ from billing.plans import models as _plans  # noqa: F401
 from metering.admissions import models as _admissions  # noqa: F401
 from metering.auth import models as _auth  # noqa: F401
 from metering.db import Base
+from metering.enforcement import models as _enforcement  # noqa: F401
 from metering.executions import models as _executions  # noqa: F401
 from metering.ingest import models as _ingest  # noqa: F401
 from metering.teams import models as _teams  # noqa: F401

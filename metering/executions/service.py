@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from metering.core.clock import from_ms, month_start, next_month_start, to_ms, utc_now
 from metering.core.money import add
+from metering.core.pricing import PricePeriod
 from metering.core.usage import LifecycleEvent, LifecycleKind, build_timeline
 from metering.errors import BadRequest
 from metering.executions import pricing, reads
@@ -156,3 +157,29 @@ def priced_usage(
 
 def now_ms_truncated() -> datetime:
     return from_ms(to_ms(utc_now()))
+
+
+@dataclass(frozen=True, slots=True)
+class PricedUsage:
+    """Usage of one team under one price period (version) within a window."""
+
+    period: PricePeriod
+    vcpu_ms: int
+    mib_ms: int
+
+
+def usage_by_price_period(
+    session: Session, team_id: str, start: datetime, end: datetime, now: datetime,
+    stale_after: timedelta,
+) -> list[PricedUsage]:
+    """The public usage function billing rates from: [start, end) cut wherever the team's
+    prices change, merged per price version (exact integers)."""
+    schedule = pricing.schedule_for(session, team_id, start, end)
+    bounds = [start, *schedule.cuts(start, end), end]
+    merged: dict[str, list[Any]] = {}
+    for piece in reads.bucket_usage(session, team_id, bounds, now, stale_after):
+        period = schedule.at(piece.start)
+        slot = merged.setdefault(period.version_id, [period, 0, 0])
+        slot[1] += piece.vcpu_ms
+        slot[2] += piece.mib_ms
+    return [PricedUsage(p, v, m) for p, v, m in merged.values()]

@@ -31,3 +31,14 @@ def ensure_teams(session: Session, team_ids: Sequence[str], at: datetime) -> lis
             hook(session, created, at)
     known.teams.remember_after_commit(session, unknown)
     return created
+
+
+def block_team(session: Session, team_id: str, reason: str, at: datetime) -> bool:
+    """Block a team (admissions refused, running sandboxes get kill orders from the
+    enforcement sweep). Answers whether it was newly blocked; idempotent."""
+    return repo.set_blocked(session, team_id, reason, at)
+
+
+def unblock_team(session: Session, team_id: str, reason: str | None = None) -> bool:
+    """Lift a block (of the given reason only, if named). Answers whether it changed."""
+    return repo.clear_blocked(session, team_id, reason)
