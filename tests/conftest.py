@@ -20,7 +20,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing.app import create_app
+from billing.app import create_app, wire_billing
+from billing.plans.repository import forget_cache as forget_plan_cache
 from metering import known, migrate
 from metering.auth import service as keys
 from metering.config import Settings
@@ -93,6 +94,8 @@ KEEP = {"alembic_version"}
 def clean_database(request: pytest.FixtureRequest) -> Iterator[None]:
     clock.set_offset(timedelta(0))
     known.forget_all()
+    wire_billing()
+    forget_plan_cache()
     if "engine" not in request.fixturenames and "client" not in request.fixturenames:
         yield
         return
@@ -167,3 +170,32 @@ def event(
         "type": event_type, "subject": sandbox, "time": time,
         "data": {"team_id": team, "execution_id": execution, **data},
     }
+
+
+@dataclass
+class LiveServer:
+    url: str
+
+
+@pytest.fixture
+def live_server(app: FastAPI, client: TestClient) -> Iterator[LiveServer]:
+    """The test app served over real HTTP on 127.0.0.1 (for races and real clients)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield LiveServer(f"http://127.0.0.1:{port}")
+    server.should_exit = True
+    thread.join(5)

@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from metering import known
-from metering.core.clock import to_ms
+from metering.admissions import repository as admissions
+from metering.core.clock import to_ms, utc_now
 from metering.core.events import EventError, SandboxEvent, same_key, validate_batch
 from metering.executions import repository as executions_repo
 from metering.executions import service as executions
@@ -149,6 +150,9 @@ def _ingest_lifecycle(session: Session, events: list[SandboxEvent], result: Inge
             else:
                 result.errors.append(_conflict(event))
     stored = [e for e in events if e.key in inserted]
+    # A started sandbox no longer needs the slot its lease held: it counts as running now.
+    admissions.consume(session, [e.subject for e in stored if e.kind in ("created", "resumed")],
+                       utc_now())
     newest: dict[str, ExecutionKey] = {}
     for event in stored:
         current = newest.get(event.execution_id)

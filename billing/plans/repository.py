@@ -1,0 +1,95 @@
+"""Every query of plans, versions, assignments, overrides and add-ons."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing.core.plans import Assignment, Version
+from billing.plans.models import AddOnRow, LimitOverrideRow, Plan, PlanVersion, TeamPlan
+from metering.core.limits import AddOn, LimitOverride, PlanLimits
+
+# Plan versions change rarely and are read on every admission: each process keeps them for a
+# few seconds (a new version is normally effective in the future anyway).
+_CACHE_SECONDS = 5.0
+_cache: tuple[float, dict[str, list[Version]]] | None = None
+_cache_lock = threading.Lock()
+
+
+def to_version(row: PlanVersion) -> Version:
+    return Version(
+        id=row.id, plan_code=row.plan_code, effective_at=row.effective_at,
+        currency=row.currency, monthly_fee=row.monthly_fee,
+        one_time_credit=row.one_time_credit, credit_enforced=row.credit_enforced,
+        minimum_commitment=row.minimum_commitment, vcpu_second_price=row.vcpu_second_price,
+        gib_second_price=row.gib_second_price,
+        limits=PlanLimits(row.max_execution_s, row.concurrency, row.starts_per_second,
+                          row.max_vcpu, row.max_memory_mib, row.max_disk_mib),
+    )
+
+
+def all_versions(session: Session, fresh: bool = False) -> dict[str, list[Version]]:
+    global _cache  # noqa: PLW0603 - the per-process cache of a tiny, rarely changed table
+    now = time.monotonic()
+    with _cache_lock:
+        if not fresh and _cache is not None and now - _cache[0] < _CACHE_SECONDS:
+            return _cache[1]
+    rows = session.execute(select(PlanVersion).order_by(PlanVersion.effective_at)).scalars()
+    versions: dict[str, list[Version]] = {}
+    for row in rows:
+        versions.setdefault(row.plan_code, []).append(to_version(row))
+    with _cache_lock:
+        _cache = (now, versions)
+    return versions
+
+
+def forget_cache() -> None:
+    global _cache  # noqa: PLW0603
+    with _cache_lock:
+        _cache = None
+
+
+def plans(session: Session) -> list[Plan]:
+    return list(session.execute(select(Plan).order_by(Plan.code)).scalars())
+
+
+def plan(session: Session, code: str) -> Plan | None:
+    return session.get(Plan, code)
+
+
+def assignments(session: Session, team_id: str) -> list[Assignment]:
+    rows = session.execute(
+        select(TeamPlan.plan_code, TeamPlan.effective_at)
+        .where(TeamPlan.team_id == team_id).order_by(TeamPlan.effective_at)
+    )
+    return [Assignment(r.plan_code, r.effective_at) for r in rows]
+
+
+def overrides(session: Session, team_id: str) -> list[LimitOverride]:
+    rows = session.execute(select(LimitOverrideRow).where(LimitOverrideRow.team_id == team_id))
+    return [LimitOverride(
+        max_execution_s=r.max_execution_s, concurrency=r.concurrency,
+        starts_per_second=r.starts_per_second, max_vcpu=r.max_vcpu,
+        max_memory_mib=r.max_memory_mib, max_disk_mib=r.max_disk_mib,
+        start=r.starts_at, end=r.ends_at,
+    ) for r in rows.scalars()]
+
+
+def addons(session: Session, team_id: str) -> list[AddOn]:
+    rows = session.execute(select(AddOnRow).where(AddOnRow.team_id == team_id))
+    return [AddOn(field=r.field, delta=r.delta, start=r.starts_at, end=r.ends_at)  # type: ignore[arg-type]
+            for r in rows.scalars()]
+
+
+def add_assignment(session: Session, team_id: str, plan_code: str, at: datetime) -> None:
+    from sqlalchemy.dialects.postgresql import insert
+
+    session.execute(
+        insert(TeamPlan).values(team_id=team_id, plan_code=plan_code, effective_at=at)
+        .on_conflict_do_update(index_elements=["team_id", "effective_at"],
+                               set_={"plan_code": plan_code})
+    )

@@ -1,0 +1,164 @@
+"""Plans, team plan assignments and billing's implementation of metering's `Billing`."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing.core import plans as core
+from billing.credits import service as credits
+from billing.plans import repository as repo
+from billing.plans.models import Plan, PlanVersion
+from metering.config import get_settings
+from metering.core.limits import LIMIT_FIELDS, effective_limits
+from metering.core.pricing import PriceSchedule
+from metering.errors import BadRequest, NotFound
+from metering.plugins import Standing, TeamLimits
+from metering.teams.models import Team
+
+
+class PlanBilling:
+    """Prices, limits and standing from plan versions, assignments and the credit ledger."""
+
+    def price_schedule(
+        self, session: Session, team_id: str, start: datetime, end: datetime
+    ) -> PriceSchedule:
+        return core.price_schedule(repo.assignments(session, team_id), repo.all_versions(session),
+                                   get_settings().default_plan, start, end)
+
+    def version_at(self, session: Session, team_id: str, at: datetime) -> core.Version:
+        versions = repo.all_versions(session)
+        plan = core.plan_at(repo.assignments(session, team_id), at, get_settings().default_plan)
+        return core.version_at(versions[plan], at)
+
+    def limits(self, session: Session, team_id: str, at: datetime) -> TeamLimits:
+        version = self.version_at(session, team_id, at)
+        limits = effective_limits(version.limits, repo.overrides(session, team_id),
+                                  repo.addons(session, team_id), at)
+        return TeamLimits(version.plan_code, limits, version.credit_enforced)
+
+    def standing(self, session: Session, team_id: str, now: datetime) -> Standing:
+        version = self.version_at(session, team_id, now)
+        return credits.standing(session, team_id, now, version.credit_enforced,
+                                version.currency)
+
+
+BILLING = PlanBilling()
+
+
+def start_plan(session: Session, team_id: str, plan_code: str, at: datetime) -> None:
+    """Put a team on a plan from `at`; a plan with a one-time credit grants it (once ever per
+    team and plan) at that time."""
+    versions = repo.all_versions(session, fresh=True)
+    if plan_code not in versions:
+        raise BadRequest(f"plan: no plan {plan_code!r}; known: {', '.join(sorted(versions))}")
+    repo.add_assignment(session, team_id, plan_code, at)
+    version = core.version_at(versions[plan_code], at)
+    if version.one_time_credit > 0:
+        credits.grant_credit(
+            session, team_id, version.one_time_credit, at=at, reason=f"{plan_code} plan credit",
+            kind="plan", idempotency_key=f"plan:{plan_code}:{team_id}",
+            currency=version.currency)
+
+
+def on_teams_created(session: Session, team_ids: Sequence[str], at: datetime) -> None:
+    """Teams first seen in events or admissions start on the default plan."""
+    for team_id in team_ids:
+        start_plan(session, team_id, get_settings().default_plan, at)
+
+
+@dataclass(frozen=True, slots=True)
+class TeamUpdate:
+    name: str | None
+    email: str | None
+    plan: str | None
+    effective_at: datetime
+    spend_limit: Decimal | None
+    clear_spend_limit: bool
+    collection_method: str | None
+
+
+def put_team(session: Session, team_id: str, update: TeamUpdate) -> Team:
+    team = session.get(Team, team_id, with_for_update=True)
+    if team is None:
+        team = Team(id=team_id, auto_created=False, created_at=update.effective_at)
+        session.add(team)
+        session.flush()
+        plan = update.plan or get_settings().default_plan
+        start_plan(session, team_id, plan, update.effective_at)
+    elif update.plan is not None:
+        current = core.plan_at(repo.assignments(session, team_id), update.effective_at,
+                               get_settings().default_plan)
+        if current != update.plan or not repo.assignments(session, team_id):
+            start_plan(session, team_id, update.plan, update.effective_at)
+    if update.name is not None:
+        team.name = update.name
+    if update.email is not None:
+        team.email = update.email
+    if update.spend_limit is not None:
+        team.spend_limit = update.spend_limit
+    elif update.clear_spend_limit:
+        team.spend_limit = None
+    if update.collection_method is not None:
+        team.collection_method = update.collection_method
+    team.auto_created = False
+    session.flush()
+    return team
+
+
+PLAN_FIELDS = ("monthly_fee", "one_time_credit", "credit_enforced", "minimum_commitment",
+               "vcpu_second_price", "gib_second_price", *LIMIT_FIELDS)
+
+
+def put_plan_version(
+    session: Session, code: str, name: str | None, effective_at: datetime,
+    changes: dict[str, Any],
+) -> PlanVersion:
+    """Add a version of a plan effective from `effective_at`: fields not given carry over
+    from the version in force then. A new plan needs every field."""
+    plan = repo.plan(session, code)
+    versions = repo.all_versions(session, fresh=True).get(code, [])
+    if plan is None:
+        missing = [f for f in PLAN_FIELDS if f not in changes]
+        if missing:
+            raise BadRequest(f"a new plan needs every field; missing: {', '.join(missing)}")
+        session.add(Plan(code=code, name=name or code.title()))
+        session.flush()
+        base: dict[str, Any] = {}
+    else:
+        if name:
+            plan.name = name
+        current = core.version_at(versions, effective_at)
+        base = {
+            "monthly_fee": current.monthly_fee, "one_time_credit": current.one_time_credit,
+            "credit_enforced": current.credit_enforced,
+            "minimum_commitment": current.minimum_commitment,
+            "vcpu_second_price": current.vcpu_second_price,
+            "gib_second_price": current.gib_second_price,
+            **{str(k): v for k, v in current.limits.as_dict().items()},
+        }
+    if any(v.effective_at == effective_at for v in versions):
+        raise BadRequest(f"effective_at: plan {code} already has a version from that instant")
+    values = {**base, **changes}
+    row = PlanVersion(id="pv_" + secrets.token_hex(8), plan_code=code, effective_at=effective_at,
+                      currency="usd", **values)
+    session.add(row)
+    session.flush()
+    repo.forget_cache()
+    return row
+
+
+def get_plan(session: Session, code: str) -> tuple[Plan, list[PlanVersion]]:
+    plan = repo.plan(session, code)
+    if plan is None:
+        raise NotFound(f"no plan {code}")
+    versions = list(session.execute(select(PlanVersion).where(PlanVersion.plan_code == code)
+                                    .order_by(PlanVersion.effective_at)).scalars())
+    return plan, versions

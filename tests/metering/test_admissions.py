@@ -1,0 +1,158 @@
+"""POST /v1/admissions as the orchestrator sees it (contract section 3)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from metering import jobs
+from metering.core import clock
+from tests.conftest import Keys, LiveServer, event
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def put_team(client: TestClient, keys: Keys, team: str, **body: object) -> dict:
+    response = client.put(f"/v1/teams/{team}", json={"name": team, **body}, headers=Keys.auth(keys.finance))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def admit(client: TestClient, keys: Keys, team: str, sandbox: str, **extra: object) -> httpx.Response:
+    return client.post("/v1/admissions", json={"team_id": team, "sandbox_id": sandbox, "vcpu": 2,
+                                               "memory_mib": 1024, **extra}, headers=Keys.auth(keys.ingest))
+
+
+def start_running(client: TestClient, keys: Keys, team: str, count: int) -> None:
+    now = datetime.now(UTC)
+    batch = [event("created", team=team, sandbox=f"run_{i}", execution=f"exe_run_{i}",
+                   time=iso(now - timedelta(seconds=5)), vcpu=1, memory_mib=512) for i in range(count)]
+    assert client.post("/v1/events", json=batch, headers=Keys.auth(keys.ingest)).json()["accepted"] == count
+
+
+def test_exactly_one_of_fifty_simultaneous_admissions_takes_the_last_slot(
+    client: TestClient, api_keys: Keys, live_server: LiveServer
+) -> None:
+    put_team(client, api_keys, "team_race", plan="hobby")
+    # Raise the start rate so only the concurrency lock decides.
+    response = client.post("/v1/teams/team_race/overrides", json={"starts_per_second": 1000},
+                           headers=Keys.auth(api_keys.finance))
+    assert response.status_code == 201
+    start_running(client, api_keys, "team_race", 19)
+    barrier = threading.Barrier(50)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=live_server.url, timeout=30) as http:
+            barrier.wait()
+            r = http.post("/v1/admissions", json={"team_id": "team_race", "sandbox_id": f"new_{i}",
+                                                  "vcpu": 1, "memory_mib": 512},
+                          headers=Keys.auth(api_keys.ingest))
+        with lock:
+            results.append(r.status_code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results).count(200) == 1
+    assert results.count(429) == 49
+
+
+def test_retry_gets_the_same_lease_and_an_unused_lease_frees_its_slot(
+    client: TestClient, api_keys: Keys
+) -> None:
+    put_team(client, api_keys, "team_l", plan="hobby")
+    client.post("/v1/teams/team_l/overrides", json={"concurrency": 1, "starts_per_second": 100},
+                headers=Keys.auth(api_keys.finance))
+    first = admit(client, api_keys, "team_l", "sbx_a")
+    again = admit(client, api_keys, "team_l", "sbx_a")
+    assert first.status_code == 200 and again.json()["lease_id"] == first.json()["lease_id"]
+    refused = admit(client, api_keys, "team_l", "sbx_b")
+    assert refused.status_code == 429
+    body = refused.json()
+    assert body["admitted"] is False and body["reason"] == "concurrency_limit"
+    assert body["limit"] == 1 and body["current"] == 1
+    clock.set_offset(timedelta(seconds=91))  # the lease of sbx_a was never used
+    assert admit(client, api_keys, "team_l", "sbx_b").status_code == 200
+
+
+def test_created_event_turns_the_lease_into_a_running_sandbox(client: TestClient, api_keys: Keys) -> None:
+    put_team(client, api_keys, "team_c", plan="hobby")
+    client.post("/v1/teams/team_c/overrides", json={"concurrency": 2, "starts_per_second": 100},
+                headers=Keys.auth(api_keys.finance))
+    assert admit(client, api_keys, "team_c", "sbx_1").status_code == 200
+    now = datetime.now(UTC)
+    client.post("/v1/events", json=[event("created", team="team_c", sandbox="sbx_1", execution="e1",
+                                          time=iso(now), vcpu=2, memory_mib=1024)],
+                headers=Keys.auth(api_keys.ingest))
+    assert admit(client, api_keys, "team_c", "sbx_2").status_code == 200  # 1 running + 1 lease
+    assert admit(client, api_keys, "team_c", "sbx_3").status_code == 429
+    # Paused sandboxes do not count.
+    client.post("/v1/events", json=[event("paused", team="team_c", sandbox="sbx_1", execution="e1",
+                                          time=iso(now + timedelta(seconds=1)))],
+                headers=Keys.auth(api_keys.ingest))
+    assert admit(client, api_keys, "team_c", "sbx_3").status_code == 200
+
+
+def test_refusals_carry_status_reason_limit_and_current(client: TestClient, api_keys: Keys) -> None:
+    put_team(client, api_keys, "team_r", plan="hobby")
+    big = admit(client, api_keys, "team_r", "s1", vcpu=16)
+    assert big.status_code == 403 and big.json()["reason"] == "resources_exceed_plan"
+    assert big.json()["limit"] == 8 and big.json()["current"] == 16
+    long = admit(client, api_keys, "team_r", "s2", timeout_s=7200)
+    assert long.status_code == 403 and long.json()["reason"] == "duration_exceeds_plan"
+    ok = admit(client, api_keys, "team_r", "s3", timeout_s=600)
+    assert ok.status_code == 200 and ok.json()["max_duration_s"] == 600
+    rate = admit(client, api_keys, "team_r", "s4")  # hobby: 1 start per second
+    assert rate.status_code == 429 and rate.json()["reason"] == "start_rate_limited"
+
+
+def test_hobby_team_past_its_credit_is_refused_with_402(
+    client: TestClient, api_keys: Keys, sessions: sessionmaker[Session]
+) -> None:
+    put_team(client, api_keys, "team_h", plan="hobby", effective_at="2026-01-01T00:00:00Z")
+    # Backdated usage worth more than $100: 8 vCPU and 8 GiB for 200 h costs 80.64 + 25.92.
+    start = datetime(2026, 2, 1, tzinfo=UTC)
+    client.post("/v1/events", json=[
+        event("created", team="team_h", sandbox="old", execution="old", time=iso(start), vcpu=8, memory_mib=8192),
+        event("killed", team="team_h", sandbox="old", execution="old", time=iso(start + timedelta(hours=200))),
+    ], headers=Keys.auth(api_keys.ingest))
+    refused = admit(client, api_keys, "team_h", "new")
+    assert refused.status_code == 402 and refused.json()["reason"] == "credit_exhausted"
+    balance = client.get("/v1/teams/team_h/balance", headers=Keys.auth(api_keys.finance)).json()
+    assert balance["credit_granted"] == "100.00"
+    assert balance["credit_used"] == "106.56" and balance["credit_remaining"] == "0.00"
+
+
+def test_blocked_team_and_spend_limit_are_refused(client: TestClient, api_keys: Keys,
+                                                  sessions: sessionmaker[Session]) -> None:
+    from metering.db import transaction
+    from metering.teams.service import block_team
+
+    put_team(client, api_keys, "team_p", plan="pro", spend_limit="0")
+    r = admit(client, api_keys, "team_p", "s1")
+    assert r.status_code == 402 and r.json()["reason"] == "spend_limit_reached"
+    put_team(client, api_keys, "team_q", plan="pro")
+    with transaction(sessions) as session:
+        block_team(session, "team_q", "unpaid_invoice", datetime.now(UTC))
+    r = admit(client, api_keys, "team_q", "s1")
+    assert r.status_code == 402 and r.json()["reason"] == "team_blocked"
+    jobs.refresh_liveness(sessions)
+
+
+def test_admission_needs_an_ingest_key(client: TestClient, api_keys: Keys) -> None:
+    r = client.post("/v1/admissions", json={"team_id": "t", "sandbox_id": "s", "vcpu": 1, "memory_mib": 1},
+                    headers=Keys.auth(api_keys.finance))
+    assert r.status_code == 403
+    r = client.post("/v1/admissions", json={"team_id": "t", "sandbox_id": "s", "vcpu": 0, "memory_mib": 1},
+                    headers=Keys.auth(api_keys.ingest))
+    assert r.status_code == 422 and "vcpu" in r.json()["error"]["message"]
