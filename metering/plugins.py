@@ -55,6 +55,13 @@ class Billing(Protocol):
 
     def standing(self, session: Session, team_id: str, now: datetime) -> Standing: ...
 
+    def admission(
+        self, session: Session, team_id: str, now: datetime
+    ) -> tuple[TeamLimits, Standing]:
+        """Limits and standing for an admission decision, computing only what the decision
+        needs (credit only where it is enforced, spend only under a limit)."""
+        ...
+
 
 class DefaultBilling:
     """Configured prices and the default plan's limits; no credit, no spend limit."""
@@ -73,6 +80,11 @@ class DefaultBilling:
     def standing(self, session: Session, team_id: str, now: datetime) -> Standing:
         zero = Decimal(0)
         return Standing(team_id, False, None, zero, zero, None, zero, None, zero)
+
+    def admission(
+        self, session: Session, team_id: str, now: datetime
+    ) -> tuple[TeamLimits, Standing]:
+        return self.limits(session, team_id, now), self.standing(session, team_id, now)
 
 
 _billing: Billing = DefaultBilling()

@@ -15,11 +15,13 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from billing.credits import repository as repo
+from billing.plans.repository import TeamContext
 from metering.config import get_settings
 from metering.core.clock import EPOCH, month_start, next_month_start, parse_period
 from metering.core.money import add, mul
+from metering.core.pricing import PriceSchedule
 from metering.errors import BadRequest
-from metering.executions.service import usage_by_price_period
+from metering.executions.service import priced_usage, usage_by_price_period
 from metering.plugins import Standing
 
 
@@ -38,20 +40,23 @@ def grant_credit(
                       idempotency_key=idempotency_key)
 
 
+def _stale() -> timedelta:
+    return timedelta(seconds=get_settings().stale_after_s)
+
+
 def usage_cost(session: Session, team_id: str, start: datetime, end: datetime,
-               now: datetime) -> Decimal:
+               now: datetime, schedule: PriceSchedule | None = None) -> Decimal:
     """Exact (unrounded) cost of the team's usage in [start, end)."""
     if end <= start:
         return Decimal(0)
-    stale = timedelta(seconds=get_settings().stale_after_s)
     total = Decimal(0)
-    for priced in usage_by_price_period(session, team_id, start, end, now, stale):
+    for priced in usage_by_price_period(session, team_id, start, end, now, _stale(), schedule):
         total = add(total, priced.period.prices.cost(priced.vcpu_ms, priced.mib_ms))
     return total
 
 
 _RUNNING_ALLOCATION = text("""
-SELECT e.vcpu AS vcpu, e.memory_mib AS memory_mib, s.vcpu AS seg_vcpu, s.memory_mib AS seg_mem
+SELECT s.vcpu AS seg_vcpu, s.memory_mib AS seg_mem
 FROM executions e
 JOIN execution_segments s ON s.execution_id = e.execution_id AND s.end_at IS NULL
 WHERE e.team_id = :team_id AND e.end_at IS NULL AND e.inferred_end_at IS NULL
@@ -59,40 +64,47 @@ WHERE e.team_id = :team_id AND e.end_at IS NULL AND e.inferred_end_at IS NULL
 """)
 
 
-def standing(session: Session, team_id: str, now: datetime, credit_enforced: bool,
-             currency: str = "usd") -> Standing:
-    row = session.execute(text(
-        "SELECT blocked_at, blocked_reason, spend_limit FROM teams WHERE id = :t"),
-        {"t": team_id}).first()
-    blocked = row is not None and row[0] is not None
-    grants = [g for g in repo.balances(session, team_id)
-              if g.expires_at is None or g.expires_at > now]
-    granted = add(*(g.amount for g in grants)) if grants else Decimal(0)
-    applied = add(*(g.applied for g in grants)) if grants else Decimal(0)
-    last = repo.last_invoiced_period(session, team_id)
-    unbilled_from = next_month_start(parse_period(last)[0]) if last else EPOCH
+def standing(
+    session: Session, team_id: str, now: datetime, credit_enforced: bool, currency: str,
+    ctx: TeamContext, schedule: PriceSchedule, *, need_credit: bool = True,
+    need_spend: bool = True, need_burn: bool = True,
+) -> Standing:
+    """A team's money position now. The `need_*` flags let a hot path (admissions) skip what
+    its decision does not look at; skipped figures read as zero."""
+    zero = Decimal(0)
+    granted = used = month_spend = burn = zero
     this_month = month_start(now)
-    month_spend = usage_cost(session, team_id, this_month, now, now)
-    if unbilled_from <= this_month:
-        unbilled = add(month_spend, usage_cost(session, team_id, unbilled_from, this_month, now))
-    else:  # the current month already invoiced (a close run early by hand)
-        unbilled = usage_cost(session, team_id, unbilled_from, now, now)
-    used = add(applied, unbilled)
-    remaining = granted - used
-    stale = timedelta(seconds=get_settings().stale_after_s)
-    burn = Decimal(0)
-    if granted or credit_enforced or (row is not None and row[2] is not None):
-        from metering.executions.pricing import schedule_for
-
-        prices = schedule_for(session, team_id, now, now + timedelta(seconds=1)).at(now).prices
+    if need_credit:
+        grants = [g for g in repo.balances(session, team_id)
+                  if g.expires_at is None or g.expires_at > now]
+        granted = add(*(g.amount for g in grants)) if grants else zero
+        applied = add(*(g.applied for g in grants)) if grants else zero
+        last = repo.last_invoiced_period(session, team_id)
+        unbilled_from = next_month_start(parse_period(last)[0]) if last else EPOCH
+        if unbilled_from < this_month:
+            # One read for both figures: [unbilled_from, month start) and [month start, now).
+            before, month_spend = (b.cost for b in priced_usage(
+                session, team_id, [unbilled_from, this_month, now], now, _stale(), schedule))
+            unbilled = add(before, month_spend)
+        elif unbilled_from == this_month:
+            month_spend = unbilled = usage_cost(session, team_id, this_month, now, now, schedule)
+        else:  # the current month already invoiced (a close run early by hand)
+            unbilled = usage_cost(session, team_id, unbilled_from, now, now, schedule)
+            if need_spend:
+                month_spend = usage_cost(session, team_id, this_month, now, now, schedule)
+        used = add(applied, unbilled)
+    elif need_spend:
+        month_spend = usage_cost(session, team_id, this_month, now, now, schedule)
+    if need_burn:
+        prices = schedule.at(now).prices
         for r in session.execute(_RUNNING_ALLOCATION, {"team_id": team_id, "now": now,
-                                                       "stale": stale}):
+                                                       "stale": _stale()}):
             burn = add(burn, prices.cost(r.seg_vcpu * 3_600_000, r.seg_mem * 3_600_000))
     return Standing(
-        team_id=team_id, blocked=blocked, blocked_reason=row[1] if row else None,
+        team_id=team_id, blocked=ctx.blocked_at is not None, blocked_reason=ctx.blocked_reason,
         credit_granted=granted, credit_used=used,
-        credit_remaining=remaining if credit_enforced else None,
-        month_spend=month_spend, spend_limit=row[2] if row else None,
+        credit_remaining=granted - used if credit_enforced else None,
+        month_spend=month_spend, spend_limit=ctx.spend_limit,
         burn_rate_per_hour=burn, currency=currency,
     )
 

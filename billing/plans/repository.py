@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from billing.core.plans import Assignment, Version
@@ -93,3 +95,45 @@ def add_assignment(session: Session, team_id: str, plan_code: str, at: datetime)
         .on_conflict_do_update(index_elements=["team_id", "effective_at"],
                                set_={"plan_code": plan_code})
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TeamContext:
+    """Everything about a team that limits and standing need, read in one round trip."""
+
+    assignments: list[Assignment]
+    overrides: list[LimitOverride]
+    addons: list[AddOn]
+    exists: bool
+    blocked_at: datetime | None
+    blocked_reason: str | None
+    spend_limit: Decimal | None
+
+
+_CONTEXT = text("""
+SELECT
+  (SELECT json_agg(json_build_array(plan_code, effective_at) ORDER BY effective_at)
+   FROM team_plans WHERE team_id = :t),
+  (SELECT json_agg(json_build_array(max_execution_s, concurrency, starts_per_second, max_vcpu,
+                                    max_memory_mib, max_disk_mib, starts_at, ends_at))
+   FROM team_limit_overrides WHERE team_id = :t),
+  (SELECT json_agg(json_build_array(field, delta, starts_at, ends_at))
+   FROM team_addons WHERE team_id = :t),
+  t.id IS NOT NULL, t.blocked_at, t.blocked_reason, t.spend_limit
+FROM (SELECT 1) one LEFT JOIN teams t ON t.id = :t
+""")
+
+
+def _ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def team_context(session: Session, team_id: str) -> TeamContext:
+    row = session.execute(_CONTEXT, {"t": team_id}).one()
+    assignments = [Assignment(p, datetime.fromisoformat(at)) for p, at in (row[0] or [])]
+    overrides = [LimitOverride(max_execution_s=o[0], concurrency=o[1], starts_per_second=o[2],
+                               max_vcpu=o[3], max_memory_mib=o[4], max_disk_mib=o[5],
+                               start=_ts(o[6]), end=_ts(o[7])) for o in (row[1] or [])]
+    addons = [AddOn(field=a[0], delta=a[1], start=_ts(a[2]), end=_ts(a[3]))
+              for a in (row[2] or [])]
+    return TeamContext(assignments, overrides, addons, bool(row[3]), row[4], row[5], row[6])

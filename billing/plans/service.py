@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,7 @@ from billing.credits import service as credits
 from billing.plans import repository as repo
 from billing.plans.models import Plan, PlanVersion
 from metering.config import get_settings
+from metering.core.clock import EPOCH
 from metering.core.limits import LIMIT_FIELDS, effective_limits
 from metering.core.pricing import PriceSchedule
 from metering.errors import BadRequest, NotFound
@@ -33,21 +34,43 @@ class PlanBilling:
         return core.price_schedule(repo.assignments(session, team_id), repo.all_versions(session),
                                    get_settings().default_plan, start, end)
 
-    def version_at(self, session: Session, team_id: str, at: datetime) -> core.Version:
-        versions = repo.all_versions(session)
-        plan = core.plan_at(repo.assignments(session, team_id), at, get_settings().default_plan)
-        return core.version_at(versions[plan], at)
+    def _version(self, session: Session, ctx: repo.TeamContext, at: datetime) -> core.Version:
+        plan = core.plan_at(ctx.assignments, at, get_settings().default_plan)
+        return core.version_at(repo.all_versions(session)[plan], at)
 
-    def limits(self, session: Session, team_id: str, at: datetime) -> TeamLimits:
-        version = self.version_at(session, team_id, at)
-        limits = effective_limits(version.limits, repo.overrides(session, team_id),
-                                  repo.addons(session, team_id), at)
+    def _limits(self, session: Session, ctx: repo.TeamContext, at: datetime) -> TeamLimits:
+        version = self._version(session, ctx, at)
+        limits = effective_limits(version.limits, ctx.overrides, ctx.addons, at)
         return TeamLimits(version.plan_code, limits, version.credit_enforced)
 
+    def _schedule(self, session: Session, ctx: repo.TeamContext, now: datetime) -> PriceSchedule:
+        return core.price_schedule(ctx.assignments, repo.all_versions(session),
+                                   get_settings().default_plan, EPOCH,
+                                   now + timedelta(days=1))
+
+    def version_at(self, session: Session, team_id: str, at: datetime) -> core.Version:
+        return self._version(session, repo.team_context(session, team_id), at)
+
+    def limits(self, session: Session, team_id: str, at: datetime) -> TeamLimits:
+        return self._limits(session, repo.team_context(session, team_id), at)
+
     def standing(self, session: Session, team_id: str, now: datetime) -> Standing:
-        version = self.version_at(session, team_id, now)
+        ctx = repo.team_context(session, team_id)
+        version = self._version(session, ctx, now)
         return credits.standing(session, team_id, now, version.credit_enforced,
-                                version.currency)
+                                version.currency, ctx, self._schedule(session, ctx, now))
+
+    def admission(
+        self, session: Session, team_id: str, now: datetime
+    ) -> tuple[TeamLimits, Standing]:
+        ctx = repo.team_context(session, team_id)
+        limits = self._limits(session, ctx, now)
+        version = self._version(session, ctx, now)
+        standing = credits.standing(
+            session, team_id, now, version.credit_enforced, version.currency, ctx,
+            self._schedule(session, ctx, now), need_credit=version.credit_enforced,
+            need_spend=ctx.spend_limit is not None, need_burn=False)
+        return limits, standing
 
 
 BILLING = PlanBilling()

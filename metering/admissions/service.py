@@ -45,9 +45,7 @@ def admit(
         return Decision(200, {"admitted": True, "lease_id": existing.id,
                               "max_duration_s": existing.max_duration_s,
                               "expires_at": rfc3339(existing.expires_at)})
-    billing = plugins.billing()
-    team_limits = billing.limits(session, team_id, now)
-    standing = billing.standing(session, team_id, now)
+    team_limits, standing = plugins.billing().admission(session, team_id, now)
     running, leases, starts = repo.counts(
         session, team_id, now, timedelta(seconds=settings.stale_after_s))
     state = AdmissionState(

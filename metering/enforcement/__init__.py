@@ -1,0 +1,1 @@
+"""Enforcement: kill orders (feed and signed webhook), threshold notifications, the outbox."""

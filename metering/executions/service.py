@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from metering.core.clock import from_ms, month_start, next_month_start, to_ms, utc_now
 from metering.core.money import add
-from metering.core.pricing import PricePeriod
+from metering.core.pricing import PricePeriod, PriceSchedule
 from metering.core.usage import LifecycleEvent, LifecycleKind, build_timeline
 from metering.errors import BadRequest
 from metering.executions import pricing, reads
@@ -133,10 +133,11 @@ class PricedBucket:
 
 
 def priced_usage(
-    session: Session, team_id: str, bounds: list[datetime], now: datetime, stale_after: timedelta
+    session: Session, team_id: str, bounds: list[datetime], now: datetime,
+    stale_after: timedelta, schedule: PriceSchedule | None = None,
 ) -> list[PricedBucket]:
     """Usage and exact (unrounded) cost per bucket, each piece priced by the version in force."""
-    schedule = pricing.schedule_for(session, team_id, bounds[0], bounds[-1])
+    schedule = schedule or pricing.schedule_for(session, team_id, bounds[0], bounds[-1])
     cuts = schedule.cuts(bounds[0], bounds[-1])
     fine = sorted(set(bounds) | set(cuts))
     pieces = reads.bucket_usage(session, team_id, fine, now, stale_after)
@@ -170,11 +171,12 @@ class PricedUsage:
 
 def usage_by_price_period(
     session: Session, team_id: str, start: datetime, end: datetime, now: datetime,
-    stale_after: timedelta,
+    stale_after: timedelta, schedule: PriceSchedule | None = None,
 ) -> list[PricedUsage]:
     """The public usage function billing rates from: [start, end) cut wherever the team's
-    prices change, merged per price version (exact integers)."""
-    schedule = pricing.schedule_for(session, team_id, start, end)
+    prices change, merged per price version (exact integers). A caller that already holds
+    the team's price schedule passes it to save the lookup."""
+    schedule = schedule or pricing.schedule_for(session, team_id, start, end)
     bounds = [start, *schedule.cuts(start, end), end]
     merged: dict[str, list[Any]] = {}
     for piece in reads.bucket_usage(session, team_id, bounds, now, stale_after):

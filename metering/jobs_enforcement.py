@@ -1,0 +1,34 @@
+"""Enforcement's background work, as plain functions the scheduler (or a test) calls.
+
+Both are safe on any number of workers at once: the sweep runs on one worker at a time (a
+transaction-level advisory lock, tried, not waited for) and its kill orders and messages are
+unique by execution and by key; delivery claims messages with SKIP LOCKED and a lease.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+from sqlalchemy.orm import Session, sessionmaker
+
+from metering.config import Settings
+from metering.core.clock import utc_now
+from metering.db import transaction
+from metering.enforcement import delivery, service
+
+
+def sweep_enforcement(sessions: sessionmaker[Session], stale_after_s: int) -> service.SweepResult:
+    """Issue the kill orders and threshold notifications due now (run every second)."""
+    with transaction(sessions) as session:
+        return service.sweep(session, utc_now(), timedelta(seconds=stale_after_s))
+
+
+def deliver_webhooks(
+    sessions: sessionmaker[Session], settings: Settings,
+    policy: delivery.DeliveryPolicy | None = None, client: httpx.Client | None = None,
+) -> delivery.DeliveryResult:
+    """Post due outbox messages to the orchestrator's webhook (run every second)."""
+    policy = policy or delivery.DeliveryPolicy(max_age_s=settings.webhook_max_age_s)
+    return delivery.deliver_due(sessions, settings.orchestrator_webhook_url,
+                                settings.orchestrator_webhook_secret, policy, client)
