@@ -190,9 +190,7 @@ def get_balance(team_id: str, session: SessionDep, principal: PrincipalDep) -> d
     team_reader(principal, team_id)
     get_team_or_404(session, team_id)
     now = utc_now()
-    billing = service.BILLING
-    limits = billing.limits(session, team_id, now)
-    standing = billing.standing(session, team_id, now)
+    limits, standing = service.BILLING.view(session, team_id, now)
     remaining = standing.credit_granted - standing.credit_used
     exhaustion = credits.projected_exhaustion(remaining, standing.burn_rate_per_hour, now) \
         if standing.credit_granted > 0 else None

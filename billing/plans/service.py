@@ -63,13 +63,21 @@ class PlanBilling:
     def admission(
         self, session: Session, team_id: str, now: datetime
     ) -> tuple[TeamLimits, Standing]:
+        return self.view(session, team_id, now, full=False)
+
+    def view(
+        self, session: Session, team_id: str, now: datetime, full: bool = True
+    ) -> tuple[TeamLimits, Standing]:
+        """Limits and standing from one read of the team; `full=False` computes only what an
+        admission decides on (credit where enforced, spend under a limit, no burn rate)."""
         ctx = repo.team_context(session, team_id)
         limits = self._limits(session, ctx, now)
         version = self._version(session, ctx, now)
         standing = credits.standing(
             session, team_id, now, version.credit_enforced, version.currency, ctx,
-            self._schedule(session, ctx, now), need_credit=version.credit_enforced,
-            need_spend=ctx.spend_limit is not None, need_burn=False)
+            self._schedule(session, ctx, now),
+            need_credit=full or version.credit_enforced,
+            need_spend=full or ctx.spend_limit is not None, need_burn=full)
         return limits, standing
 
 
