@@ -44,6 +44,7 @@ def job_table(
          lambda: metering_jobs.fold_samples(sessions)),
         ("settle_stale", settings.fold_interval_s * 2,
          lambda: metering_jobs.settle_stale(sessions, settings.stale_after_s)),
+        ("purge_leases", 3600.0, lambda: metering_jobs.purge_leases(sessions)),
     ]
 
 

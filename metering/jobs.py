@@ -60,3 +60,11 @@ def settle_stale(sessions: sessionmaker[Session], stale_after_s: int) -> int:
         total += len(settled)
         if len(settled) < SETTLE_BATCH:
             return total
+
+
+def purge_leases(sessions: sessionmaker[Session]) -> int:
+    """Forget leases that expired more than a day ago (they no longer hold anything)."""
+    from metering.admissions import repository as admissions_repo
+
+    with transaction(sessions) as session:
+        return admissions_repo.purge(session, utc_now() - timedelta(days=1))
