@@ -14,7 +14,7 @@ from billing.credits import repository as credit_repo
 from billing.credits import service as credits
 from billing.plans import service
 from billing.plans.models import AddOnRow, LimitOverrideRow
-from metering.api.deps import PrincipalDep, SessionDep, team_reader
+from metering.api.deps import PrincipalDep, SessionDep, aware, team_reader
 from metering.core.clock import rfc3339, utc_now
 from metering.core.limits import LIMIT_FIELDS
 from metering.core.money import fmt_minor
@@ -47,12 +47,6 @@ class TeamOut(BaseModel):
     blocked_at: str | None
     auto_created: bool
     created_at: str
-
-
-def _aware(moment: datetime | None, name: str) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:
-        raise BadRequest(f"{name}: must carry a UTC offset or Z")
-    return moment
 
 
 def team_out(session: Any, team: Team) -> dict[str, Any]:
@@ -101,7 +95,7 @@ def put_team(team_id: str, body: TeamIn, session: SessionDep,
     principal.require("finance")
     if len(team_id) > 128 or not team_id:
         raise BadRequest("team_id: 1 to 128 characters")
-    at = _aware(body.effective_at, "effective_at") or utc_now()
+    at = aware(body.effective_at, "effective_at") or utc_now()
     team = service.put_team(session, team_id, service.TeamUpdate(
         name=body.name, email=body.email, plan=body.plan, effective_at=at,
         spend_limit=body.spend_limit,
@@ -153,7 +147,7 @@ def post_credit(
     get_team_or_404(session, team_id)
     grant_id = credits.grant_credit(
         session, team_id, body.amount, at=utc_now(),
-        expires_at=_aware(body.expires_at, "expires_at"), priority=body.priority,
+        expires_at=aware(body.expires_at, "expires_at"), priority=body.priority,
         reason=body.reason,
         idempotency_key=f"manual:{team_id}:{idempotency_key}" if idempotency_key else None)
     found = [g for g in credit_repo.balances(session, team_id) if g.id == grant_id]
@@ -229,8 +223,8 @@ class OverrideIn(BaseModel):
 
 
 def _window(starts_at: datetime | None, ends_at: datetime | None) -> None:
-    _aware(starts_at, "starts_at")
-    _aware(ends_at, "ends_at")
+    aware(starts_at, "starts_at")
+    aware(ends_at, "ends_at")
     if starts_at and ends_at and ends_at <= starts_at:
         raise BadRequest("ends_at: must be after starts_at")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from metering.auth.service import Principal, resolve
 from metering.config import Settings
-from metering.errors import NotFound, Unauthorized
+from metering.db import transaction
+from metering.errors import BadRequest, NotFound, Unauthorized
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
 
@@ -25,15 +27,8 @@ def get_session(request: Request) -> Iterator[Session]:
     """The request's unit of work: committed when the handler returns, before the response
     is sent (the dependency has function scope); rolled back if it raises."""
     factory: sessionmaker[Session] = request.app.state.sessions
-    session = factory()
-    try:
+    with transaction(factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
@@ -65,3 +60,10 @@ def team_reader(principal: Principal, team_id: str) -> None:
         if principal.role == "team":
             raise NotFound(f"no team {team_id}")
         principal.require("team", "finance")
+
+
+def aware(moment: datetime | None, name: str) -> datetime | None:
+    """A query or body time must carry its offset: a naive one names the field in a 400."""
+    if moment is not None and moment.tzinfo is None:
+        raise BadRequest(f"{name}: must carry a UTC offset or Z")
+    return moment

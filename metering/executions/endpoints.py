@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from metering.api.deps import PrincipalDep, SessionDep, SettingsDep, team_reader
+from metering.api.deps import PrincipalDep, SessionDep, SettingsDep, aware, team_reader
 from metering.api.pagination import decode_cursor, encode_cursor
 from metering.core.clock import month_start, rfc3339
 from metering.core.money import fmt, gib_seconds, vcpu_seconds
@@ -41,14 +41,6 @@ class UsageOut(BaseModel):
     totals: UsageTotals
 
 
-def _aware(moment: datetime | None, name: str) -> datetime | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        raise BadRequest(f"{name}: must carry a UTC offset or Z")
-    return moment
-
-
 @router.get("/v1/teams/{team_id}/usage", response_model=UsageOut)
 def get_usage(
     team_id: str, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
@@ -58,8 +50,8 @@ def get_usage(
     """Usage over time: vCPU-seconds, GiB-seconds and cost per bucket (exact decimals)."""
     team_reader(principal, team_id)
     now = now_ms_truncated()
-    lo = _aware(start, "start") or month_start(now)
-    hi = _aware(end, "end") or now
+    lo = aware(start, "start") or month_start(now)
+    hi = aware(end, "end") or now
     bounds = bucket_bounds(lo, hi, granularity)
     buckets = priced_usage(session, team_id, bounds, now, timedelta(seconds=settings.stale_after_s))
     total_v = sum(b.vcpu_ms for b in buckets)
@@ -114,8 +106,8 @@ def list_sandboxes(
     team_reader(principal, team_id)
     now = now_ms_truncated()
     stale = timedelta(seconds=settings.stale_after_s)
-    lo = _aware(start, "start") or datetime.fromtimestamp(0, now.tzinfo)
-    hi = _aware(end, "end") or now + timedelta(days=1)
+    lo = aware(start, "start") or datetime.fromtimestamp(0, now.tzinfo)
+    hi = aware(end, "end") or now + timedelta(days=1)
     cursor = None
     if after:
         parts = decode_cursor(after)
@@ -182,8 +174,8 @@ def get_metrics(
             principal.require("team", "finance")
         raise NotFound(f"no sandbox {sandbox_id}")
     now = now_ms_truncated()
-    hi = _aware(end, "end") or now + timedelta(minutes=1)
-    lo = _aware(start, "start") or hi - timedelta(hours=24)
+    hi = aware(end, "end") or now + timedelta(minutes=1)
+    lo = aware(start, "start") or hi - timedelta(hours=24)
     if hi <= lo:
         raise BadRequest("end: must be after start")
     if hi - lo > timedelta(days=31):
