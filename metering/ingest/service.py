@@ -106,6 +106,9 @@ def _ingest_samples(
                     result.duplicates += 1
                 else:
                     result.errors.append(_conflict(event))
+    # One key order for every batch: two batches sharing keys (a retry racing its original)
+    # then wait on each other instead of deadlocking.
+    to_insert = sorted(to_insert, key=lambda e: e.key)
     inserted = repo.insert_pending(session, to_insert)
     if inserted is None:
         result.accepted += len(to_insert)

@@ -133,3 +133,40 @@ def test_keys_are_stored_hashed(client: TestClient, api_keys: Keys, engine: Engi
     with engine.connect() as conn:
         stored = " ".join(str(v) for row in conn.execute(text("SELECT * FROM api_keys")) for v in row)
     assert api_keys.ingest not in stored and api_keys.admin not in stored
+
+
+def test_the_same_batch_posted_eight_times_at_once_is_stored_once(
+    client: TestClient, api_keys: Keys, live_server, engine: Engine
+) -> None:
+    import threading
+
+    import httpx
+
+    batch = []
+    for i in range(200):
+        batch.append(event("created", execution=f"e{i}", sandbox=f"s{i}", time=iso(T0), vcpu=1, memory_mib=256))
+        batch.append(event("host_stats", execution=f"e{i}", sandbox=f"s{i}", time=iso(T0 + timedelta(seconds=1))))
+        batch.append(event("killed", execution=f"e{i}", sandbox=f"s{i}", time=iso(T0 + timedelta(seconds=10))))
+    body = orjson.dumps(batch)
+    answers: list[dict] = []
+    barrier = threading.Barrier(8)
+
+    def send() -> None:
+        with httpx.Client(base_url=live_server.url, timeout=60) as http:
+            barrier.wait()
+            r = http.post("/v1/events", content=body, headers=Keys.auth(api_keys.ingest))
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(a["accepted"] for a in answers) == 600
+    assert sum(a["duplicates"] for a in answers) == 7 * 600
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM lifecycle_events")).scalar() == 400
+        assert conn.execute(text("SELECT count(*) FROM host_stats_pending")).scalar() == 200
+        usage = conn.execute(text("SELECT sum(vcpu_ms) FROM usage_rollups")).scalar()
+    assert usage == 200 * 10_000  # each execution's 10 s settled into the rollups exactly once
