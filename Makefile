@@ -18,6 +18,10 @@ install: $(STAMP)
 run: install
 	$(BIN)/metering serve --host 127.0.0.1 --port 8000
 
+# The service plus a simulated orchestrator: the dashboard moves within a minute.
+demo: install
+	$(BIN)/python -m billing.demo
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from billing.accounts import endpoints as accounts_endpoints
+from billing.dashboard import endpoints as dashboard_endpoints
 from billing.plans import endpoints as plan_endpoints
 from billing.plans import service as plan_service
 from metering import migrate, plugins
@@ -124,7 +125,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         return JSONResponse({"status": "ready", "schema": current})
 
     for router in (ingest_endpoints.router, admission_endpoints.router, usage_endpoints.router,
-                   accounts_endpoints.router, plan_endpoints.router, keys_endpoints.router):
+                   accounts_endpoints.router, plan_endpoints.router, keys_endpoints.router,
+                   dashboard_endpoints.router):
         app.include_router(router)
     return app
 

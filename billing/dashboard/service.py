@@ -1,0 +1,476 @@
+"""What each dashboard page shows: the contract's reads, called in-process, shaped for display.
+
+The team, balance, usage, running-sandbox and metrics figures come from the same functions
+that answer `GET /v1/teams/{id}`, `/balance`, `/usage`, `/sandboxes` and
+`/v1/sandboxes/{id}/metrics`, with the signed-in key as the principal, so the page can never
+show what the API would refuse that key. Each view is a plain dict: the template renders it,
+and the live endpoint answers it as JSON for the page's refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+from urllib.parse import quote
+
+from sqlalchemy.orm import Session
+
+from billing.accounts import endpoints as accounts_api
+from billing.dashboard import formatting as fmt
+from billing.dashboard import repository as repo
+from billing.plans import service as plans
+from metering.api.pagination import decode_cursor, encode_cursor
+from metering.auth.service import Principal
+from metering.config import Settings
+from metering.core.clock import EPOCH, format_period, month_start, rfc3339, utc_now
+from metering.core.money import fmt as fmt_exact
+from metering.core.money import gib_seconds, vcpu_seconds
+from metering.errors import BadRequest, MeteringError, NotFound
+from metering.executions import endpoints as usage_api
+from metering.executions import pricing, reads
+from metering.executions.service import now_ms_truncated
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 50
+RUNNING_SHOWN = 100
+# Finance's "nearing credit" list computes each candidate's live standing; this many at most.
+CREDIT_WATCH_TEAMS = 200
+NEARING_FRACTION = Decimal("0.8")
+CAPPED_SHARE = Decimal("9.99")  # "999 %" is already the point; beyond it the figure is noise
+
+
+def team_href(team_id: str, *rest: str) -> str:
+    return "/dashboard/teams/" + "/".join(quote(p, safe="") for p in (team_id, *rest))
+
+
+# --- overview -------------------------------------------------------------------------------
+
+
+Granularity = Literal["hour", "day", "month"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChartRange:
+    code: str
+    label: str
+    granularity: Granularity
+    days: int  # 0: from the month's start
+
+    def start(self, now: datetime) -> datetime:
+        if self.days == 0:
+            return month_start(now)
+        if self.granularity == "hour":
+            return now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return today - timedelta(days=self.days - 1)
+
+    def end(self, now: datetime) -> datetime:
+        """The end of the bucket holding `now`. Whole buckets only: the read then sums hourly
+        rollups and integrates just the open executions (up to now), instead of integrating
+        every execution that touched the partial hour. The figures are the same."""
+        if self.granularity == "hour":
+            return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        return now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+
+RANGES = {r.code: r for r in (
+    ChartRange("24h", "Last 24 hours", "hour", 1),
+    ChartRange("7d", "Last 7 days", "day", 7),
+    ChartRange("30d", "Last 30 days", "day", 30),
+    ChartRange("month", "This month", "day", 0),
+)}
+DEFAULT_RANGE = "24h"
+
+
+def chart_range(code: str | None) -> ChartRange:
+    return RANGES.get(code or DEFAULT_RANGE, RANGES[DEFAULT_RANGE])
+
+
+def team_view(team: dict[str, Any]) -> dict[str, Any]:
+    limits = team["limits"]
+    return {
+        "id": team["id"], "name": team["name"] or team["id"], "plan": team["plan"],
+        "href": team_href(team["id"]),
+        "blocked": team["blocked"], "blocked_reason": team["blocked_reason"],
+        "credit_enforced": team["credit_enforced"],
+        "limits": [
+            ("Concurrent sandboxes", f"{limits['concurrency']:,}"),
+            ("Starts per second", f"{limits['starts_per_second']:,}"),
+            ("Longest run", fmt.duration(limits["max_execution_s"])),
+            ("vCPU per sandbox", f"{limits['max_vcpu']:,}"),
+            ("Memory per sandbox", fmt.memory(limits["max_memory_mib"])),
+            ("Disk per sandbox", fmt.memory(limits["max_disk_mib"])),
+        ],
+    }
+
+
+def balance_view(balance: dict[str, Any], now: datetime) -> dict[str, Any]:
+    currency = balance["currency"]
+    granted = Decimal(balance["credit_granted"])
+    remaining = Decimal(balance["credit_remaining"])
+    burn = Decimal(balance["burn_rate_per_hour"])
+    spend = Decimal(balance["month_to_date_spend"])
+    limit = Decimal(balance["spend_limit"]) if balance["spend_limit"] is not None else None
+    exhaustion = fmt.parse_time(balance["projected_exhaustion_at"])
+    if granted <= 0:
+        outlook = "No prepaid credit on this plan."
+    elif remaining <= 0:
+        outlook = "Credit is used up."
+    elif exhaustion is None:
+        outlook = "Nothing is running: credit is not being used."
+    else:
+        left = fmt.duration((exhaustion - now).total_seconds())
+        outlook = (f"At {fmt.money(burn, currency)} an hour, credit lasts until "
+                   f"{fmt.when(exhaustion)} (about {left}).")
+    fraction = float(remaining / granted) if granted > 0 else None  # display geometry only
+    return {
+        "currency": currency,
+        "has_credit": granted > 0,
+        "credit_enforced": balance["credit_enforced"],
+        "gauge": {"fraction": fraction, "now": balance["credit_remaining"],
+                  "max": balance["credit_granted"],
+                  "text": f"{fmt.money(remaining, currency)} of "
+                          f"{fmt.money(granted, currency)} left"},
+        "spend_fraction": float(spend / limit) if limit else None,
+        "figures": {
+            "credit_remaining": fmt.money(remaining, currency),
+            "credit_granted": fmt.money(granted, currency),
+            "credit_used": fmt.money(balance["credit_used"], currency),
+            "month_to_date_spend": fmt.money(spend, currency),
+            "spend_limit": fmt.money(limit, currency) if limit is not None else "none",
+            "burn_rate": f"{fmt.money(burn, currency)} / h",
+            "outlook": outlook,
+        },
+    }
+
+
+def chart_view(usage: dict[str, Any], rng: ChartRange) -> dict[str, Any]:
+    currency = usage["currency"]
+    points = [{
+        "label": fmt.bucket_label(p["start"], rng.granularity),
+        "start": p["start"], "end": p["end"],
+        "vcpu_seconds": p["vcpu_seconds"], "gib_seconds": p["gib_seconds"], "cost": p["cost"],
+        "vcpu_text": fmt.quantity(p["vcpu_seconds"]), "gib_text": fmt.quantity(p["gib_seconds"]),
+        "cost_text": fmt.money(p["cost"], currency, fine=True),
+    } for p in usage["series"]]
+    totals = usage["totals"]
+    return {
+        "range": rng.code, "label": rng.label, "granularity": rng.granularity,
+        "currency": currency, "points": points,
+        "totals": {"vcpu": fmt.quantity(totals["vcpu_seconds"]),
+                   "gib": fmt.quantity(totals["gib_seconds"]),
+                   "cost": fmt.money(totals["cost"], currency, fine=True)},
+        "has_data": any(p["vcpu_seconds"] != "0" or p["gib_seconds"] != "0"
+                        for p in usage["series"]),
+    }
+
+
+def execution_row(e: dict[str, Any], currency: str, now: datetime) -> dict[str, Any]:
+    started = fmt.parse_time(e["started_at"])
+    ended = fmt.parse_time(e["ended_at"])
+    assert started is not None
+    return {
+        "execution_id": e["execution_id"], "sandbox_id": e["sandbox_id"],
+        "href": team_href(e["team_id"], "sandboxes", e["sandbox_id"]),
+        "template": e["template_id"] or "—", "state": e["state"],
+        "vcpu": e["vcpu"] if e["vcpu"] is not None else "—",
+        "memory": fmt.memory(e["memory_mib"]),
+        "started": fmt.when_seconds(started), "ended": fmt.when_seconds(ended),
+        "started_at": e["started_at"],
+        "duration": fmt.duration(((ended or now) - started).total_seconds()),
+        "end": _end_text(e),
+        "vcpu_seconds": fmt.quantity(e["vcpu_seconds"]),
+        "gib_seconds": fmt.quantity(e["gib_seconds"]),
+        "cost": fmt.money(e["cost"], currency, fine=True),
+    }
+
+
+def _end_text(e: dict[str, Any]) -> str:
+    if e["state"] == "running":
+        return "running"
+    if e["end_inferred"]:
+        return "no news (stopped reporting)"
+    kind = e["end_kind"] or "ended"
+    return f"{kind} ({e['end_reason']})" if e["end_reason"] else kind
+
+
+def overview(session: Session, principal: Principal, settings: Settings, team_id: str,
+             range_code: str | None) -> dict[str, Any]:
+    """The overview's figures, as the page renders them and its refresh answers them."""
+    team = accounts_api.get_team(team_id, session, principal)
+    balance = accounts_api.get_balance(team_id, session, principal)
+    rng = chart_range(range_code)
+    now = utc_now()
+    usage = usage_api.get_usage(team_id, session, principal, settings, start=rng.start(now),
+                                end=rng.end(now), granularity=rng.granularity)
+    running = usage_api.list_sandboxes(team_id, session, principal, settings, state="running",
+                                       start=None, end=None, limit=RUNNING_SHOWN, after=None)
+    currency = balance["currency"]
+    return {
+        "team": team_view(team),
+        "balance": balance_view(balance, now),
+        "chart": chart_view(usage, rng),
+        "running": [execution_row(e, currency, now) for e in running["data"]],
+        "running_more": running["next_cursor"] is not None,
+        "as_of": fmt.when_seconds(balance["as_of"]),
+        "ranges": [{"code": r.code, "label": r.label,
+                    "href": team_href(team_id) + f"?range={r.code}"} for r in RANGES.values()],
+    }
+
+
+# --- executions -----------------------------------------------------------------------------
+
+
+def _shape(session: Session, settings: Settings, team_id: str, rows: list[Any]
+           ) -> list[dict[str, Any]]:
+    """Execution rows as `GET /v1/teams/{id}/sandboxes` answers them (search results come
+    from the dashboard's own query, so they are shaped here the same way)."""
+    now = now_ms_truncated()
+    stale = timedelta(seconds=settings.stale_after_s)
+    usage = reads.execution_usage(session, [r.execution_id for r in rows], EPOCH,
+                                  now + timedelta(days=3650), now, stale)
+    schedule = pricing.schedule_for(session, team_id, EPOCH, now)
+    out = []
+    for r in rows:
+        vcpu_ms, mib_ms = usage.get(r.execution_id, (0, 0))
+        running = r.end_at is None and now - r.last_event_at < stale
+        ended_at = r.end_at if r.end_at is not None else (None if running else r.last_event_at)
+        out.append({
+            "execution_id": r.execution_id, "sandbox_id": r.sandbox_id, "team_id": r.team_id,
+            "template_id": r.template_id, "state": "running" if running else "ended",
+            "started_at": rfc3339(r.start_at), "ended_at": rfc3339(ended_at) if ended_at else None,
+            "end_kind": r.end_kind, "end_reason": r.end_reason,
+            "end_inferred": r.end_at is None and not running,
+            "vcpu": r.vcpu, "memory_mib": r.memory_mib,
+            "vcpu_seconds": fmt_exact(vcpu_seconds(vcpu_ms)),
+            "gib_seconds": fmt_exact(gib_seconds(mib_ms)),
+            "cost": fmt_exact(schedule.at(r.start_at).prices.cost(vcpu_ms, mib_ms)),
+        })
+    return out
+
+
+def _cursor(after: str | None) -> tuple[datetime, str] | None:
+    if not after:
+        return None
+    try:
+        parts = decode_cursor(after)
+        return datetime.fromisoformat(parts[0]), str(parts[1])
+    except (ValueError, IndexError, TypeError, MeteringError) as exc:
+        raise BadRequest("after: not a cursor this page issued") from exc
+
+
+def executions(session: Session, principal: Principal, settings: Settings, team_id: str,
+               query: str | None, after: str | None) -> dict[str, Any]:
+    """Ended executions newest first, or - with a query - every execution whose sandbox id
+    starts with it; `PAGE_SIZE` a page."""
+    team = accounts_api.get_team(team_id, session, principal)
+    currency = settings.currency
+    now = utc_now()
+    query = (query or "").strip()[:256]
+    if query:
+        rows = repo.search_executions(session, team_id, query, PAGE_SIZE + 1, _cursor(after))
+        more = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE]
+        data = _shape(session, settings, team_id, rows)
+        next_cursor = (encode_cursor(rows[-1].start_at.isoformat(), rows[-1].execution_id)
+                       if more and rows else None)
+    else:
+        page = usage_api.list_sandboxes(team_id, session, principal, settings, state="ended",
+                                        start=None, end=None, limit=PAGE_SIZE, after=after)
+        data, next_cursor = page["data"], page["next_cursor"]
+    return {
+        "team": team_view(team), "query": query,
+        "rows": [execution_row(e, currency, now) for e in data],
+        "next_cursor": next_cursor, "paged": bool(after),
+    }
+
+
+# --- one sandbox ----------------------------------------------------------------------------
+
+
+def sandbox(session: Session, principal: Principal, settings: Settings, team_id: str,
+            sandbox_id: str) -> dict[str, Any]:
+    """A sandbox's executions and its per-minute cpu and memory (the last 24 h of its life)."""
+    team = accounts_api.get_team(team_id, session, principal)
+    rows = repo.sandbox_executions(session, team_id, sandbox_id, PAGE_SIZE)
+    if not rows:
+        raise NotFound(f"no sandbox {sandbox_id}")
+    shaped = _shape(session, settings, team_id, rows)
+    now = utc_now()
+    newest = shaped[0]
+    running = newest["state"] == "running"
+    last = now if running else fmt.parse_time(newest["ended_at"]) or now
+    hi = (last + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    first = min(r.start_at for r in rows)
+    lo = max(first.replace(second=0, microsecond=0), hi - timedelta(hours=24))
+    metrics = usage_api.get_metrics(sandbox_id, session, principal, start=lo, end=hi)
+    points = [{
+        "t": m["minute"], "label": fmt.when(m["minute"]), "samples": m["samples"],
+        "cpu_avg": m["cpu_pct_avg"], "cpu_max": m["cpu_pct_max"],
+        "mem_avg": m["memory_used_mib_avg"],
+        "mem_max": str(m["memory_used_mib_max"]) if m["memory_used_mib_max"] is not None
+        else None,
+    } for m in metrics["data"]]
+    return {
+        "team": team_view(team), "sandbox_id": sandbox_id, "running": running,
+        "executions": [execution_row(e, settings.currency, now) for e in shaped],
+        "allocated_mib": newest["memory_mib"], "vcpu": newest["vcpu"],
+        "metrics": {"start": rfc3339(lo), "end": rfc3339(hi), "points": points},
+        "totals": {
+            "cost": fmt.money(sum((Decimal(e["cost"]) for e in shaped), Decimal(0)),
+                              settings.currency, fine=True),
+            "vcpu": fmt.quantity(sum((Decimal(e["vcpu_seconds"]) for e in shaped), Decimal(0))),
+            "gib": fmt.quantity(sum((Decimal(e["gib_seconds"]) for e in shaped), Decimal(0))),
+        },
+    }
+
+
+# --- invoices -------------------------------------------------------------------------------
+
+
+STATUS_TEXT = {
+    "finalized": "Finalized, not yet in Stripe", "synced": "Sent to Stripe, awaiting payment",
+    "sync_failed": "Stripe sync failing, retrying", "paid": "Paid",
+    "payment_failed": "Payment failed", "void": "Void",
+}
+
+
+def invoice_summary(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id, "number": r.number or "(unnumbered)", "team_id": r.team_id,
+        "period": r.period, "kind": r.kind, "status": r.status,
+        "status_text": STATUS_TEXT.get(r.status, r.status),
+        "currency": r.currency, "total": fmt.money(r.total, r.currency),
+        "subtotal": fmt.money(r.subtotal, r.currency),
+        "credits_applied": fmt.money(r.credits_applied, r.currency),
+        "finalized": fmt.when(r.finalized_at), "href": team_href(r.team_id, "invoices", r.id),
+        "team_href": team_href(r.team_id),
+        "stripe_invoice_id": r.stripe_invoice_id, "stripe_status": r.stripe_status,
+        "sync_attempts": r.sync_attempts or 0, "sync_error": r.sync_error,
+        "synced": fmt.when(r.synced_at), "next_sync": fmt.when(r.next_sync_at),
+        "paid": fmt.when(r.paid_at), "payment_failed": fmt.when(r.payment_failed_at),
+        "corrects": r.corrects_invoice_id,
+    }
+
+
+def line_view(line: Any, currency: str) -> dict[str, Any]:
+    return {
+        "kind": line.kind, "description": line.description,
+        "quantity": fmt.exact(line.quantity), "unit_price": fmt.exact(line.unit_price),
+        "amount": fmt.money(line.amount, currency), "period": line.period,
+    }
+
+
+def invoices(session: Session, principal: Principal, settings: Settings, team_id: str
+             ) -> dict[str, Any]:
+    team = accounts_api.get_team(team_id, session, principal)
+    rows = repo.team_invoices(session, team_id, 120)
+    return {"team": team_view(team), "invoices": [invoice_summary(r) for r in rows],
+            "upcoming": upcoming(session, team_id, settings)}
+
+
+def upcoming(session: Session, team_id: str, settings: Settings) -> dict[str, Any] | None:
+    """The open month rated as it stands (`/invoices/upcoming`), when invoicing offers it.
+
+    Invoicing is built beside the dashboard; until its preview exists, or if it fails for a
+    team, the page shows the month-to-date spend alone instead of failing."""
+    try:
+        from billing.invoices import service as invoicing
+    except ImportError:  # pragma: no cover - invoicing not installed
+        return None
+    now = utc_now()
+    try:
+        with session.begin_nested():  # a failed preview must not spoil the page's transaction
+            rated = invoicing.upcoming(session, team_id, now, settings).rated
+    except Exception:
+        log.warning("upcoming invoice preview failed", extra={"team_id": team_id},
+                    exc_info=True)
+        return None
+    return {
+        "period": format_period(now), "currency": rated.currency,
+        "lines": [line_view(line, rated.currency) for line in rated.lines],
+        "subtotal": fmt.money(rated.subtotal, rated.currency),
+        "credits_applied": fmt.money(rated.credits_applied, rated.currency),
+        "total": fmt.money(rated.total, rated.currency),
+    }
+
+
+def invoice(session: Session, principal: Principal, team_id: str, invoice_id: str
+            ) -> dict[str, Any]:
+    team = accounts_api.get_team(team_id, session, principal)
+    row = repo.invoice(session, invoice_id)
+    if row is None or row.team_id != team_id:
+        raise NotFound(f"no invoice {invoice_id}")
+    lines = repo.invoice_lines(session, [invoice_id]).get(invoice_id, [])
+    return {"team": team_view(team), "invoice": invoice_summary(row),
+            "lines": [line_view(line, row.currency) for line in lines]}
+
+
+# --- finance --------------------------------------------------------------------------------
+
+
+def finance(session: Session, principal: Principal, period: str | None) -> dict[str, Any]:
+    """The month's invoices with their Stripe state, revenue by plan, and teams running out of
+    credit (live standing of at most `CREDIT_WATCH_TEAMS` teams holding credit)."""
+    principal.require("finance")
+    now = utc_now()
+    periods = repo.invoiced_periods(session, 24)
+    chosen = period or (periods[0] if periods else format_period(now))
+    try:
+        from metering.core.clock import parse_period
+
+        parse_period(chosen)
+    except ValueError as exc:
+        raise BadRequest(f"period: {exc}") from exc
+    rows = repo.period_invoices(session, chosen, 500)
+    counts = repo.status_counts(session, chosen)
+    totals = repo.period_totals(session, chosen)
+    revenue = repo.revenue_by_plan(session, chosen)
+    return {
+        "period": chosen, "periods": periods if chosen in periods else [chosen, *periods],
+        "invoices": [{**invoice_summary(r), "team_name": r.team_name or r.team_id}
+                     for r in rows],
+        "invoice_count": sum(counts.values()),
+        "counts": sorted(counts.items()),
+        "totals": [{"currency": t.currency, "invoices": t.invoices,
+                    "subtotal": fmt.money(t.subtotal, t.currency),
+                    "credits_applied": fmt.money(t.credits_applied, t.currency),
+                    "total": fmt.money(t.total, t.currency)} for t in totals],
+        "revenue": [{"plan": r.plan_code or "other", "currency": r.currency,
+                     "invoices": r.invoices, "charges": fmt.money(r.charges, r.currency)}
+                    for r in revenue],
+        "credit_watch": credit_watch(session, now),
+        "export_href": f"/dashboard/finance/invoices.csv?period={chosen}",
+        "team_count": repo.team_count(session),
+    }
+
+
+def credit_watch(session: Session, now: datetime) -> list[dict[str, Any]]:
+    """Teams with at least 80 % of their credit used (live), most used first."""
+    out = []
+    for team in repo.teams_with_credit(session, now, CREDIT_WATCH_TEAMS):
+        _, standing = plans.BILLING.view(session, team.id, now)
+        granted = standing.credit_granted
+        if granted <= 0:
+            continue
+        used = standing.credit_used
+        share = used / granted
+        if share < NEARING_FRACTION:
+            continue
+        remaining = max(granted - used, Decimal(0))
+        out.append({
+            "team_id": team.id, "name": team.name or team.id, "href": team_href(team.id),
+            "share": share, "percent": f"{min(share, CAPPED_SHARE) * 100:.0f} %",
+            "remaining": fmt.money(remaining, standing.currency),
+            "granted": fmt.money(granted, standing.currency),
+            "burn_rate": f"{fmt.money(standing.burn_rate_per_hour, standing.currency)} / h",
+            "state": "past" if used >= granted else "nearing",
+        })
+    out.sort(key=lambda t: t["share"], reverse=True)
+    for t in out:
+        del t["share"]
+    return out

@@ -1,0 +1,393 @@
+/* The dashboard's script: tiny SVG charts (no library) and live refresh by polling.
+ *
+ * Figures arrive already formatted by the server (the same code renders the first page), so
+ * this file only places them. Numbers are parsed here for chart geometry alone; money is never
+ * computed in the browser. Everything is built with DOM calls and textContent (no innerHTML),
+ * and the page works without this script: it only draws charts and keeps figures fresh.
+ */
+(function () {
+  "use strict";
+
+  var SVG_NS = "http://www.w3.org/2000/svg";
+
+  function svg(name, attrs, parent) {
+    var node = document.createElementNS(SVG_NS, name);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    if (parent) { parent.appendChild(node); }
+    return node;
+  }
+
+  function html(name, attrs, text, parent) {
+    var node = document.createElement(name);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    if (parent) { parent.appendChild(node); }
+    return node;
+  }
+
+  function num(value) {
+    var n = Number(value);
+    return isFinite(n) ? n : 0;
+  }
+
+  /* 0, 2.5k, 1.2M: axis labels only. */
+  function compact(n) {
+    var abs = Math.abs(n);
+    if (abs >= 1e9) { return trim(n / 1e9) + "G"; }
+    if (abs >= 1e6) { return trim(n / 1e6) + "M"; }
+    if (abs >= 1e3) { return trim(n / 1e3) + "k"; }
+    if (abs >= 1 || n === 0) { return trim(n); }
+    return String(Number(n.toPrecision(2)));
+  }
+
+  function trim(n) { return String(Math.round(n * 10) / 10); }
+
+  /* A "nice" axis: a step of 1, 2 or 5 times a power of ten, about `count` steps to max. */
+  function niceScale(max, count) {
+    if (!(max > 0)) { return { max: 1, step: 0.25 }; }
+    var raw = max / count;
+    var power = Math.pow(10, Math.floor(Math.log10(raw)));
+    var step = [1, 2, 2.5, 5, 10].map(function (m) { return m * power; })
+      .filter(function (s) { return s >= raw; })[0];
+    return { max: Math.ceil(max / step) * step, step: step };
+  }
+
+  /* Charts are drawn at the container's own width (and again when it changes), so their text
+     stays at its real size on a phone and on a wide screen alike. */
+  var W = 480, H = 200, PAD = { left: 44, right: 10, top: 10, bottom: 26 };
+
+  function frame(container, summary) {
+    W = Math.max(240, Math.round(container.clientWidth || 480));
+    H = Math.round(Math.min(240, Math.max(170, W * 0.5)));
+    container.textContent = "";
+    var root = svg("svg", { viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img",
+                            preserveAspectRatio: "xMidYMid meet", focusable: "false" }, container);
+    svg("title", {}, root).textContent = summary;
+    return root;
+  }
+
+  function yAxis(root, scale) {
+    var grid = svg("g", { "class": "grid" }, root);
+    var axis = svg("g", { "class": "axis", "aria-hidden": "true" }, root);
+    var plotH = H - PAD.top - PAD.bottom;
+    for (var v = 0; v <= scale.max + scale.step / 2; v += scale.step) {
+      var y = PAD.top + plotH - (v / scale.max) * plotH;
+      svg("line", { x1: PAD.left, x2: W - PAD.right, y1: y, y2: y }, grid);
+      var t = svg("text", { x: PAD.left - 6, y: y + 4, "text-anchor": "end" }, axis);
+      t.textContent = compact(v);
+    }
+    svg("line", { "class": "baseline", x1: PAD.left, x2: W - PAD.right,
+                  y1: H - PAD.bottom, y2: H - PAD.bottom }, root);
+    return axis;
+  }
+
+  function noData(root, text) {
+    var t = svg("text", { "class": "nodata", x: W / 2, y: H / 2, "text-anchor": "middle" }, root);
+    t.textContent = text;
+  }
+
+  /* Bars of one usage series. points: [{label, <key>: "decimal", <textKey>: "shown"}]. */
+  function barChart(container, points, key, textKey, color, caption) {
+    var values = points.map(function (p) { return num(p[key]); });
+    var max = Math.max.apply(null, values.concat([0]));
+    var peak = values.indexOf(max);
+    var summary = caption + ": " + points.length + " bars" +
+      (max > 0 ? "; highest " + points[peak][textKey] + " (" + points[peak].label + ")" : "; no usage");
+    var root = frame(container, summary);
+    var scale = niceScale(max, 4);
+    var axis = yAxis(root, scale);
+    if (max <= 0) { noData(root, "No usage in this range"); }
+    var plotW = W - PAD.left - PAD.right, plotH = H - PAD.top - PAD.bottom;
+    var slot = plotW / Math.max(points.length, 1);
+    var gap = Math.min(slot * 0.2, 4);
+    var every = Math.max(1, Math.ceil(points.length / Math.max(2, Math.floor(plotW / 48))));
+    points.forEach(function (p, i) {
+      var h = (values[i] / scale.max) * plotH;
+      var x = PAD.left + i * slot + gap / 2;
+      var bar = svg("rect", { "class": "bar " + color, x: x.toFixed(2),
+                              y: (PAD.top + plotH - h).toFixed(2),
+                              width: Math.max(slot - gap, 1).toFixed(2),
+                              height: Math.max(h, values[i] > 0 ? 1 : 0).toFixed(2) }, root);
+      svg("title", {}, bar).textContent = p.label + ": " + p[textKey];
+      if (i % every === 0) {
+        var t = svg("text", { x: (x + (slot - gap) / 2).toFixed(2), y: H - 8,
+                              "text-anchor": "middle" }, axis);
+        t.textContent = p.label;
+      }
+    });
+    container.setAttribute("data-drawn", String(points.length));
+    container.setAttribute("data-max", String(max));
+  }
+
+  function clock(ms) {
+    var d = new Date(ms);
+    return String(d.getUTCHours()).padStart(2, "0") + ":" + String(d.getUTCMinutes()).padStart(2, "0");
+  }
+
+  /* Lines over time. series: [{name, cls, points: [[ms, value|null], ...]}]. Gaps of more than
+     90 s break a line, so a paused sandbox does not look busy. */
+  function lineChart(container, series, start, end, floorMax, caption) {
+    var all = [];
+    series.forEach(function (s) { s.points.forEach(function (p) { if (p[1] !== null) { all.push(p[1]); } }); });
+    var max = Math.max.apply(null, all.concat([floorMax || 0]));
+    var root = frame(container, caption + ": " + series.map(function (s) {
+      var vals = s.points.filter(function (p) { return p[1] !== null; }).map(function (p) { return p[1]; });
+      return s.name + (vals.length ? " up to " + compact(Math.max.apply(null, vals)) : " none");
+    }).join("; "));
+    var scale = niceScale(max, 4);
+    var axis = yAxis(root, scale);
+    var plotW = W - PAD.left - PAD.right, plotH = H - PAD.top - PAD.bottom;
+    var span = Math.max(end - start, 60000);
+    function x(ms) { return PAD.left + ((ms - start) / span) * plotW; }
+    function y(v) { return PAD.top + plotH - (v / scale.max) * plotH; }
+    for (var i = 0; i <= 4; i++) {
+      var ms = start + (span * i) / 4;
+      var t = svg("text", { x: x(ms).toFixed(1), y: H - 8,
+                            "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" }, axis);
+      t.textContent = clock(ms);
+    }
+    if (!all.length) { noData(root, "No samples in this window"); }
+    var drawn = 0;
+    series.forEach(function (s) {
+      var d = "", last = null;
+      s.points.forEach(function (p) {
+        if (p[1] === null) { last = null; return; }
+        var cmd = last === null || p[0] - last > 90000 ? "M" : "L";
+        d += cmd + x(p[0]).toFixed(1) + " " + y(p[1]).toFixed(1) + " ";
+        last = p[0];
+        drawn += 1;
+      });
+      if (d) { svg("path", { "class": "line " + s.cls, d: d.trim() }, root); }
+    });
+    container.setAttribute("data-drawn", String(drawn));
+    var legend = container.parentNode.querySelector(".legend");
+    if (!legend) {
+      legend = html("ul", { "class": "legend", "aria-hidden": "true" }, null, container.parentNode);
+      series.forEach(function (s) {
+        var li = html("li", {}, null, legend);
+        html("span", { "class": "swatch " + s.cls }, null, li);
+        li.appendChild(document.createTextNode(s.name));
+      });
+    }
+  }
+
+  /* A half-circle gauge of the credit left. */
+  function gauge(node, fraction) {
+    var f = Math.max(0, Math.min(1, num(fraction)));
+    node.textContent = "";
+    var root = svg("svg", { viewBox: "0 0 120 66", "aria-hidden": "true", focusable: "false" }, node);
+    var arc = "M 10 60 A 50 50 0 0 1 110 60";
+    var length = Math.PI * 50;
+    svg("path", { "class": "track", d: arc, fill: "none", "stroke-width": 12,
+                  "stroke-linecap": "round" }, root);
+    if (f > 0) {
+      svg("path", { "class": "value" + (f < 0.2 ? " low" : ""), d: arc, fill: "none",
+                    "stroke-width": 12, "stroke-linecap": "round",
+                    "stroke-dasharray": (length * f).toFixed(2) + " " + length.toFixed(2) }, root);
+    }
+    node.setAttribute("data-fraction", String(f));
+  }
+
+  /* --- pages ------------------------------------------------------------------------------ */
+
+  function pageData() {
+    var node = document.getElementById("page-data");
+    return node ? JSON.parse(node.textContent) : null;
+  }
+
+  function setField(name, text) {
+    document.querySelectorAll('[data-field="' + name + '"]').forEach(function (n) {
+      if (n.textContent !== text) { n.textContent = text; }
+    });
+  }
+
+  function cell(row, text, cls) { return html("td", cls ? { "class": cls } : {}, text, row); }
+
+  function executionRows(tbody, rows, showState) {
+    tbody.textContent = "";
+    rows.forEach(function (r) {
+      var tr = html("tr", {}, null, tbody);
+      var first = html("td", {}, null, tr);
+      html("a", { href: r.href, "class": "mono" }, r.sandbox_id, first);
+      cell(tr, r.template);
+      if (showState) {
+        html("span", { "class": "pill pill-" + r.state }, r.state, html("td", {}, null, tr));
+      }
+      cell(tr, r.vcpu, "num");
+      cell(tr, r.memory, "num");
+      html("time", { datetime: r.started_at }, r.started, html("td", {}, null, tr));
+      cell(tr, r.duration, "num");
+      if (showState) { cell(tr, r.end); }
+      cell(tr, r.vcpu_seconds, "num");
+      cell(tr, r.gib_seconds, "num");
+      cell(tr, r.cost, "num");
+    });
+  }
+
+  function drawUsage(chart) {
+    document.querySelectorAll('[data-chart="usage"]').forEach(function (node) {
+      var caption = document.getElementById(node.getAttribute("aria-labelledby"));
+      barChart(node, chart.points, node.getAttribute("data-series"), node.getAttribute("data-text"),
+               node.getAttribute("data-color"), caption ? caption.textContent : "Usage");
+    });
+  }
+
+  function renderOverview(view) {
+    var b = view.balance;
+    setField("as_of", view.as_of);
+    Object.keys(b.figures).forEach(function (k) { setField(k, b.figures[k]); });
+    setField("total_vcpu", view.chart.totals.vcpu);
+    setField("total_gib", view.chart.totals.gib);
+    setField("total_cost", view.chart.totals.cost);
+    setField("running_count", view.running.length + (view.running_more ? "+" : ""));
+    var g = document.getElementById("credit-gauge");
+    if (g && b.gauge.fraction !== null) {
+      gauge(g, b.gauge.fraction);
+      g.setAttribute("aria-valuenow", b.gauge.now);
+      g.setAttribute("aria-valuemax", b.gauge.max);
+      g.setAttribute("aria-valuetext", b.gauge.text);
+    }
+    drawUsage(view.chart);
+    var usage = document.querySelector("#usage-table tbody");
+    if (usage) {
+      usage.textContent = "";
+      view.chart.points.forEach(function (p) {
+        var tr = html("tr", {}, null, usage);
+        html("th", { scope: "row" }, p.label, tr);
+        cell(tr, p.vcpu_text, "num");
+        cell(tr, p.gib_text, "num");
+        cell(tr, p.cost_text, "num");
+      });
+    }
+    var table = document.querySelector("#running-table tbody");
+    if (table) { executionRows(table, view.running, false); }
+    var block = document.getElementById("running-block");
+    var empty = document.getElementById("running-empty");
+    if (block && empty) {
+      block.hidden = view.running.length === 0;
+      empty.hidden = view.running.length !== 0;
+    }
+  }
+
+  function metricSeries(points, avgKey, maxKey) {
+    function pick(k) {
+      return points.map(function (p) {
+        return [Date.parse(p.t), p[k] === null || p[k] === undefined ? null : num(p[k])];
+      });
+    }
+    return [{ name: "average", cls: "avg", points: pick(avgKey) },
+            { name: "maximum", cls: "max", points: pick(maxKey) }];
+  }
+
+  function renderSandbox(view) {
+    var m = view.metrics;
+    var start = Date.parse(m.start), end = Date.parse(m.end);
+    document.querySelectorAll('[data-chart="metrics"]').forEach(function (node) {
+      var kind = node.getAttribute("data-kind");
+      var caption = document.getElementById(node.getAttribute("aria-labelledby"));
+      var series = kind === "cpu" ? metricSeries(m.points, "cpu_avg", "cpu_max")
+                                  : metricSeries(m.points, "mem_avg", "mem_max");
+      if (kind === "mem" && view.allocated_mib) {
+        series.push({ name: "allocated", cls: "alloc",
+                      points: [[start, view.allocated_mib], [end, view.allocated_mib]] });
+      }
+      lineChart(node, series, start, end, kind === "cpu" ? 100 : 0,
+                caption ? caption.textContent : kind);
+    });
+    var empty = document.getElementById("metrics-empty");
+    if (empty) { empty.hidden = m.points.length !== 0; }
+    setField("total_cost", view.totals.cost);
+    setField("total_vcpu", view.totals.vcpu);
+    setField("total_gib", view.totals.gib);
+    setField("state", view.running ? "running" : "ended");
+    var runs = document.querySelector("#sandbox-executions tbody");
+    if (runs) { executionRows(runs, view.executions, true); }
+    var table = document.querySelector("#metrics-table tbody");
+    if (table) {
+      table.textContent = "";
+      m.points.forEach(function (p) {
+        var tr = html("tr", {}, null, table);
+        html("th", { scope: "row" }, p.label, tr);
+        cell(tr, p.samples, "num");
+        [p.cpu_avg, p.cpu_max, p.mem_avg, p.mem_max].forEach(function (v) {
+          cell(tr, v === null ? "—" : v, "num");
+        });
+      });
+    }
+  }
+
+  /* Poll the page's live URL; pause while the tab is hidden; back off after failures. */
+  function poll(url, every, render, keepGoing) {
+    var status = document.getElementById("live-status");
+    var failures = 0, timer = null;
+    function schedule() {
+      clearTimeout(timer);
+      timer = setTimeout(tick, Math.min(every * Math.pow(2, failures), 60000));
+    }
+    function tick() {
+      if (document.hidden) { return; }
+      fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (response.status === 401) {
+            var here = location.pathname + location.search;
+            location.assign("/dashboard/sign-in?next=" + encodeURIComponent(here));
+            return null;
+          }
+          if (!response.ok) { throw new Error("HTTP " + response.status); }
+          return response.json();
+        })
+        .then(function (view) {
+          if (view === null) { return; }
+          failures = 0;
+          if (status) { status.textContent = ""; }
+          render(view);
+          document.body.setAttribute("data-refreshed", String(Date.now()));
+          if (!keepGoing || keepGoing(view)) { schedule(); }
+        })
+        .catch(function () {
+          failures = Math.min(failures + 1, 4);
+          if (status) { status.textContent = "Could not refresh; trying again."; }
+          schedule();
+        });
+    }
+    document.addEventListener("visibilitychange", function () {
+      if (!document.hidden) { tick(); }
+    });
+    schedule();
+  }
+
+  /* Redraw the newest view when the layout width changes (rotation, resize). */
+  function onResize(redraw) {
+    var width = window.innerWidth, timer = null;
+    window.addEventListener("resize", function () {
+      if (window.innerWidth === width) { return; }
+      width = window.innerWidth;
+      clearTimeout(timer);
+      timer = setTimeout(redraw, 150);
+    });
+  }
+
+  function start() {
+    var page = document.body.getAttribute("data-page");
+    var every = num(document.body.getAttribute("data-poll-ms")) || 5000;
+    var live = document.body.getAttribute("data-live-url");
+    var view = pageData();
+    var render = page === "overview" ? renderOverview : page === "sandbox" ? renderSandbox : null;
+    if (render && view) {
+      var latest = view;
+      var keep = function (v) { latest = v; render(v); };
+      keep(view);
+      onResize(function () { render(latest); });
+      if (live && (page === "overview" || view.running)) {
+        poll(live, every, keep, page === "sandbox" ? function (v) { return v.running; } : null);
+      }
+    }
+    document.body.setAttribute("data-ready", "1");
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+})();
