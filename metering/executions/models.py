@@ -22,6 +22,8 @@ class Execution(Base):
         Index("ix_executions_sandbox", "sandbox_id"),
         Index("ix_executions_open", "team_id",
               postgresql_where=text("end_at IS NULL AND inferred_end_at IS NULL")),
+        Index("ix_executions_team_inferred_end", "team_id", "inferred_end_at",
+              postgresql_where=text("inferred_end_at IS NOT NULL")),
     )
 
     execution_id: Mapped[str] = mapped_column(String(256), primary_key=True)

@@ -54,10 +54,23 @@ _BUCKETED_OPEN = text(_BUCKETED_SQL.format(segment_end=_SEGMENT_END, source=f"""
     executions e JOIN execution_segments s ON s.execution_id = e.execution_id
     WHERE e.team_id = :team_id AND {_OPEN} AND""").replace("WHERE s.start_at", "s.start_at"))
 
-# Settled executions, only for the partial hours the rollups cannot split.
-_BUCKETED_SETTLED = text(_BUCKETED_SQL.format(segment_end=_SEGMENT_END, source=f"""
-    execution_segments s JOIN executions e ON e.execution_id = s.execution_id
-    WHERE s.team_id = :team_id AND {_SETTLED} AND""").replace("WHERE s.start_at", "s.start_at"))
+# Settled executions, only for the partial hours the rollups cannot split. Two branches so
+# that each walks an index over the hour alone: closed segments by (team, end), and the open
+# last segment of executions that ended at an inferred end by (team, inferred end).
+_BUCKETED_SETTLED = text("""
+WITH seg AS (
+    SELECT s.vcpu, s.memory_mib, greatest(s.start_at, CAST(:start AS timestamptz)) AS lo,
+           least(s.end_at, CAST(:end AS timestamptz)) AS hi
+    FROM execution_segments s JOIN executions e ON e.execution_id = s.execution_id
+    WHERE s.team_id = :team_id AND s.end_at > :start AND s.start_at < :end
+      AND (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)
+    UNION ALL
+    SELECT s.vcpu, s.memory_mib, greatest(s.start_at, CAST(:start AS timestamptz)),
+           least(e.inferred_end_at, CAST(:end AS timestamptz))
+    FROM executions e
+    JOIN execution_segments s ON s.execution_id = e.execution_id AND s.end_at IS NULL
+    WHERE e.team_id = :team_id AND e.inferred_end_at > :start AND s.start_at < :end
+), piece""" + _BUCKETED_SQL.split("), piece", 1)[1])
 
 _ROLLUPS = text("""
 SELECT width_bucket(hour, CAST(:bounds AS timestamptz[])) AS i,
