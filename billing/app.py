@@ -28,6 +28,7 @@ from metering.auth import endpoints as keys_endpoints
 from metering.auth.service import ensure_key
 from metering.config import Settings, get_settings
 from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
+from metering.enforcement import endpoints as enforcement_endpoints
 from metering.errors import MeteringError, StorageUnavailable
 from metering.executions import endpoints as usage_endpoints
 from metering.ingest import endpoints as ingest_endpoints
@@ -126,7 +127,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
 
     for router in (ingest_endpoints.router, admission_endpoints.router, usage_endpoints.router,
                    accounts_endpoints.router, plan_endpoints.router, keys_endpoints.router,
-                   dashboard_endpoints.router):
+                   enforcement_endpoints.router, dashboard_endpoints.router):
         app.include_router(router)
     return app
 

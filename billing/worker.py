@@ -15,6 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
 from metering import jobs as metering_jobs
+from metering import jobs_enforcement
 from metering.config import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ def job_table(
         ("settle_stale", settings.fold_interval_s * 2,
          lambda: metering_jobs.settle_stale(sessions, settings.stale_after_s)),
         ("purge_leases", 3600.0, lambda: metering_jobs.purge_leases(sessions)),
+        ("enforce_limits", settings.sweep_interval_s,
+         lambda: jobs_enforcement.sweep_enforcement(sessions, settings.stale_after_s)),
+        ("deliver_webhooks", settings.sweep_interval_s,
+         lambda: jobs_enforcement.deliver_webhooks(sessions, settings)),
     ]
 
 

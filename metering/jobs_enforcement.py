@@ -16,12 +16,24 @@ from metering.config import Settings
 from metering.core.clock import utc_now
 from metering.db import transaction
 from metering.enforcement import delivery, service
+from metering.enforcement.watch import Watchlist
 
 
-def sweep_enforcement(sessions: sessionmaker[Session], stale_after_s: int) -> service.SweepResult:
+def sweep_enforcement(
+    sessions: sessionmaker[Session], stale_after_s: int, watch: Watchlist | None = None,
+) -> service.SweepResult:
     """Issue the kill orders and threshold notifications due now (run every second)."""
-    with transaction(sessions) as session:
-        return service.sweep(session, utc_now(), timedelta(seconds=stale_after_s))
+    watch = service.WATCH if watch is None else watch
+    looked: list[str] = []
+    try:
+        with transaction(sessions) as session:
+            return service.sweep(session, utc_now(), timedelta(seconds=stale_after_s), watch,
+                                 on_look=looked.append)
+    except BaseException:
+        # The notifications those looks queued were rolled back: look at those teams again
+        # at the next sweep rather than when their plan said.
+        watch.forget(looked)
+        raise
 
 
 def deliver_webhooks(

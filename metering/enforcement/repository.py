@@ -27,6 +27,8 @@ class RunningExecution:
     sandbox_id: str
     start_at: datetime | None  # None: only samples seen so far, its created event is late
     team_blocked: bool
+    vcpu: int | None
+    memory_mib: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +55,11 @@ class KillOrderRow:
 
 # Open executions are few (at most the fleet's concurrency) and sit in a partial index, so
 # judging all of them every second costs one small index scan. Executions that already have
-# their kill order are left out: nothing more can happen to them.
+# their kill order are left out: nothing more can happen to them. Each team's oldest come first
+# (unknown starts last), which the sweep relies on to stop early.
 _RUNNING = text("""
-SELECT e.execution_id, e.team_id, e.sandbox_id, e.start_at, (t.blocked_at IS NOT NULL)
+SELECT e.execution_id, e.team_id, e.sandbox_id, e.start_at, (t.blocked_at IS NOT NULL),
+       e.vcpu, e.memory_mib
 FROM executions e
 LEFT JOIN teams t ON t.id = e.team_id
 WHERE e.end_at IS NULL AND e.inferred_end_at IS NULL
@@ -92,8 +96,8 @@ def try_lock_sweep(session: Session) -> bool:
 def running_without_kill_order(
     session: Session, now: datetime, stale_after: timedelta
 ) -> list[RunningExecution]:
-    return [RunningExecution(r[0], r[1], r[2], r[3], bool(r[4]))
-            for r in session.execute(_RUNNING, {"now": now, "stale": stale_after})]
+    rows = session.execute(_RUNNING, {"now": now, "stale": stale_after}).all()
+    return [RunningExecution(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
 
 
 def insert_kill_orders(session: Session, orders: Sequence[NewKillOrder]) -> list[KillOrderRow]:

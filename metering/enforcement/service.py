@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -26,6 +27,7 @@ from metering.api.pagination import decode_cursor, encode_cursor
 from metering.core.clock import format_period, rfc3339
 from metering.core.limits import (
     KillReason,
+    PlanLimits,
     credit_threshold_crossed,
     kill_reasons,
 )
@@ -33,6 +35,13 @@ from metering.core.money import fmt
 from metering.enforcement import outbox
 from metering.enforcement import repository as repo
 from metering.enforcement.repository import KillOrderRow, NewKillOrder, RunningExecution
+from metering.enforcement.watch import (
+    Allocation,
+    MoneyPosition,
+    TeamTerms,
+    Watchlist,
+    allocation,
+)
 from metering.errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,7 @@ class SweepResult:
     executions: int = 0
     kill_orders: list[KillOrderRow] = field(default_factory=list)
     notifications: int = 0
+    looks: int = 0  # teams whose limits and money were read from billing
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,55 +156,131 @@ def threshold_messages(standing: plugins.Standing, now: datetime) -> list[outbox
     return messages
 
 
-def _judge_team(
-    session: Session, team_id: str, executions: list[RunningExecution], now: datetime,
+_QUIET = _TeamView(blocked=False, credit_remaining=None, month_spend=Decimal(0),
+                   spend_limit=None)
+
+
+def _look(
+    session: Session, team_id: str, now: datetime, watch: Watchlist, running: Allocation,
     messages: list[outbox.NewMessage],
-) -> list[KillDecision]:
-    if executions[0].team_blocked:
-        # Blocked kills everything whatever the money says: no need to ask billing.
-        return [KillDecision(team_id, e.sandbox_id, e.execution_id, "team_blocked")
-                for e in executions]
-    # `admission` computes only what a stop-or-go decision reads (credit where it is enforced,
-    # spend under a limit): the same figures admissions refuse on, at the least cost.
-    team_limits, standing = plugins.billing().admission(session, team_id, now)
-    limits = team_limits.limits
+) -> tuple[PlanLimits, _TeamView]:
+    """Read the team's limits and money, queue the thresholds it reached, and let the watch
+    plan the next look from how far the nearest money event is at the running cost rate."""
+    billing = plugins.billing()
+    # `admission` computes only what a stop-or-go decision reads (credit where it is
+    # enforced, spend under a limit): the figures admissions refuse on, at the least cost.
+    team_limits, standing = billing.admission(session, team_id, now)
+    known = watch.prices(team_id, now)
+    if known is not None:
+        terms = TeamTerms(team_limits.limits, known.prices, known.prices_at)
+    else:
+        schedule = billing.price_schedule(session, team_id, now, now + timedelta(hours=1))
+        terms = TeamTerms(team_limits.limits, schedule.at(now).prices, now)
     messages.extend(threshold_messages(standing, now))
+    watch.remember_look(team_id, now, terms, MoneyPosition(
+        standing.credit_granted, standing.credit_used, standing.credit_remaining,
+        standing.month_spend, standing.spend_limit), running)
     view = _TeamView(standing.blocked, standing.credit_remaining, standing.month_spend,
                      standing.spend_limit)
+    return terms.limits, view
+
+
+def _judge_team(
+    session: Session, team_id: str, executions: list[RunningExecution], running: Allocation,
+    now: datetime, watch: Watchlist, look: bool, read_limits: bool,
+    messages: list[outbox.NewMessage],
+) -> list[KillDecision]:
+    """Kill decisions for one team's running executions (oldest first, unknown starts last).
+
+    `look`: read its limits and money from billing now; else judge its durations on the
+    limits already known, reading them alone first if unknown and `read_limits` allows."""
+    if look:
+        limits, view = _look(session, team_id, now, watch, running, messages)
+    else:
+        view = _QUIET
+        known = watch.limits(team_id)
+        if known is None and read_limits:
+            known = plugins.billing().limits(session, team_id, now).limits
+            watch.remember_limits(team_id, known)
+        if known is None:
+            return []  # nothing known yet (over this sweep's budget): judged next sweep
+        limits = known
     decisions: list[KillDecision] = []
+    reasons: list[KillReason]
     for execution in executions:
-        # An execution whose created event is still on its way has no known start: it can be
-        # stopped for its team's sake but not for its own duration.
-        started = execution.start_at or now
-        reasons = kill_reasons(_Started(started), limits, view, now)
         if execution.start_at is None:
-            reasons = [r for r in reasons if r != "max_duration"]
+            # Its created event is still on its way: it can be stopped for its team's sake
+            # but not for its own duration.
+            reasons = [r for r in kill_reasons(_Started(now), limits, view, now)
+                       if r != "max_duration"]
+        else:
+            reasons = kill_reasons(_Started(execution.start_at), limits, view, now)
         if reasons:
             decisions.append(KillDecision(team_id, execution.sandbox_id,
                                           execution.execution_id, reasons[0]))
+        elif view is _QUIET:
+            break  # no team-wide reason, and every later execution started later still
     return decisions
 
 
-def sweep(session: Session, now: datetime, stale_after: timedelta) -> SweepResult:
+# One per process: what this worker's sweeps learnt about each team (see `watch.py`).
+WATCH = Watchlist(credit_thresholds=CREDIT_THRESHOLDS, spend_thresholds=SPEND_LIMIT_THRESHOLDS)
+
+
+def sweep(
+    session: Session, now: datetime, stale_after: timedelta, watch: Watchlist | None = None,
+    on_look: Callable[[str], None] | None = None,
+) -> SweepResult:
     """Judge every running execution that has no kill order yet; issue the kill orders and
     threshold notifications due at `now`. One sweep at a time across all workers: a worker
-    that finds another sweeping returns at once (`swept=False`)."""
+    that finds another sweeping returns at once (`swept=False`).
+
+    Max duration and blocks are judged on every sweep; a team's money (and its limits) are
+    read when `watch` says they may have moved far enough to matter (see `watch.py`);
+    `on_look` is told each team read, for the caller to forget if the transaction fails.
+    """
+    watch = WATCH if watch is None else watch
     if not repo.try_lock_sweep(session):
         return SweepResult(swept=False)
     running = repo.running_without_kill_order(session, now, stale_after)
     result = SweepResult(swept=True, executions=len(running))
     decisions: list[KillDecision] = []
     messages: list[outbox.NewMessage] = []
+    teams: list[tuple[str, list[RunningExecution], Allocation, tuple[int, datetime] | None]] = []
     for team_id, group in groupby(running, key=lambda e: e.team_id):
-        result.teams += 1
         executions = list(group)
+        result.teams += 1
+        if executions[0].team_blocked:
+            # Blocked kills everything whatever the money says: no need to ask billing.
+            decisions.extend(KillDecision(team_id, e.sandbox_id, e.execution_id, "team_blocked")
+                             for e in executions)
+            continue
+        current = allocation((e.execution_id, e.vcpu, e.memory_mib) for e in executions)
+        oldest = executions[0].start_at  # the query orders each team's oldest first
+        teams.append((team_id, executions, current,
+                      watch.look_priority(team_id, now, current, oldest)))
+    # The most urgent looks first, while the budget lasts; the rest wait for the next sweep
+    # (teams looked at before still have their durations judged now, on their last limits).
+    teams.sort(key=lambda t: (t[3] is None, t[3] or (0, now), t[0]))
+    looks_end = time.monotonic() + watch.look_budget_s
+    limits_end = looks_end + watch.limits_budget_s
+    looked = 0
+    for team_id, executions, current, priority in teams:
+        look = priority is not None and (looked == 0 or time.monotonic() < looks_end)
+        if look:
+            looked += 1
+            if on_look is not None:
+                on_look(team_id)
         try:
-            decisions.extend(_judge_team(session, team_id, executions, now, messages))
+            decisions.extend(_judge_team(session, team_id, executions, current, now, watch,
+                                         look, time.monotonic() < limits_end, messages))
         except SQLAlchemyError:
             raise  # the transaction is lost; the next sweep starts over
         except Exception:
             # One team's broken data must not keep every other team's sandboxes running.
             log.exception("enforcement: judging a team failed", extra={"team_id": team_id})
+    result.looks = looked
+    watch.forget_except(t[0] for t in teams)
     result.kill_orders = issue_kill_orders(session, decisions, now)
     if messages:
         known = outbox.existing_keys(session, [m.key for m in messages])

@@ -17,6 +17,22 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
+        "kill_orders",
+        sa.Column("seq", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("team_id", sa.String(length=128), nullable=False),
+        sa.Column("sandbox_id", sa.String(length=256), nullable=False),
+        sa.Column("execution_id", sa.String(length=256), nullable=False),
+        sa.Column("action", sa.String(length=16), server_default=sa.text("'kill'"),
+                  nullable=False),
+        sa.Column("reason", sa.String(length=32), nullable=False),
+        sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("seq", name=op.f("pk_kill_orders")),
+        sa.UniqueConstraint("id", name=op.f("uq_kill_orders_id")),
+        sa.UniqueConstraint("execution_id", name=op.f("uq_kill_orders_execution_id")),
+    )
+    op.create_index("ix_kill_orders_team_seq", "kill_orders", ["team_id", "seq"], unique=False)
+    op.create_table(
         "outbox_messages",
         sa.Column("seq", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -42,3 +58,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_outbox_messages_due", table_name="outbox_messages")
     op.drop_table("outbox_messages")
+    op.drop_index("ix_kill_orders_team_seq", table_name="kill_orders")
+    op.drop_table("kill_orders")
