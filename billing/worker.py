@@ -14,6 +14,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing.stripe_sync import jobs as stripe_jobs
 from metering import jobs as metering_jobs
 from metering import jobs_enforcement
 from metering.config import Settings
@@ -50,6 +51,7 @@ def job_table(
          lambda: jobs_enforcement.sweep_enforcement(sessions, settings.stale_after_s)),
         ("deliver_webhooks", settings.sweep_interval_s,
          lambda: jobs_enforcement.deliver_webhooks(sessions, settings)),
+        *stripe_jobs.job_entries(sessions, settings),
     ]
 
 
