@@ -23,7 +23,7 @@ from billing.dashboard import endpoints as dashboard_endpoints
 from billing.plans import endpoints as plan_endpoints
 from billing.plans import service as plan_service
 from billing.stripe_sync.webhooks import router as stripe_router
-from metering import migrate, plugins
+from metering import migrate, observability, plugins
 from metering.admissions import endpoints as admission_endpoints
 from metering.auth import endpoints as keys_endpoints
 from metering.auth.service import ensure_key
@@ -63,8 +63,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(422, "invalid_request", message, fields=problems)
 
     async def storage_down(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("storage unavailable: %s", type(exc).__name__)
-        err = StorageUnavailable("storage is unavailable; nothing was stored, retry later")
+        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+        if sqlstate in ("40P01", "40001"):
+            message = "the request met concurrent writes and was rolled back; retry it"
+        else:
+            message = "storage is unavailable; nothing was stored, retry later"
+        log.warning("storage unavailable: %s %s", type(exc).__name__, sqlstate or "")
+        err = StorageUnavailable(message)
         return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "1"})
 
     app.add_exception_handler(OperationalError, storage_down)
@@ -106,6 +111,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         with transaction(app.state.sessions) as session:
             ensure_key(session, settings.bootstrap_admin_key, "admin")
     install_error_handlers(app)
+    observability.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -144,5 +150,6 @@ def app_from_environment() -> FastAPI:
     """The app of one API process started by `metering serve` (already migrated)."""
     import os
 
+    observability.configure_json_logging(get_settings().log_level)
     url = os.environ.get("METERING_RESOLVED_DATABASE_URL")
     return create_app(get_settings(), database_url=url, migrate_on_start=url is None)

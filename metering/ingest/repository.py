@@ -108,11 +108,20 @@ _NEWEST_PENDING = text("""
 SELECT execution_id, max(time) FROM host_stats_pending GROUP BY execution_id
 """)
 
+# Rows are locked in id order first (the same order ingest and the sweeps use), so two
+# passes, or a pass and an ingest, wait for each other instead of deadlocking.
 _LIVENESS = text("""
-UPDATE executions AS e SET last_event_at = n.newest
-FROM (SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:newest AS timestamptz[]))
-      AS u(execution_id, newest) ORDER BY 1) n
-WHERE e.execution_id = n.execution_id AND e.last_event_at < n.newest
+WITH n AS (
+    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:newest AS timestamptz[]))
+        AS u(execution_id, newest)
+), locked AS (
+    SELECT e.execution_id, n.newest FROM executions e JOIN n USING (execution_id)
+    WHERE e.last_event_at < n.newest
+    ORDER BY e.execution_id
+    FOR UPDATE OF e
+)
+UPDATE executions AS e SET last_event_at = locked.newest
+FROM locked WHERE e.execution_id = locked.execution_id
 """)
 
 

@@ -76,6 +76,11 @@ def ingest(
             result.errors.append(_conflict(event))
     if not unique:
         return result
+    horizon_ms = to_ms(now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE)
+    if any(e.kind == "host_stats" and e.time_ms < horizon_ms for e in unique):
+        # Old samples are checked against folded minutes; the shared fold lock comes before
+        # any row lock so that ingest and the fold always lock in the same order.
+        repo.lock_fold_shared(session)
     teams.ensure_teams(session, [e.team_id for e in unique], now)
     samples = [e for e in unique if e.kind == "host_stats"]
     lifecycle = [e for e in unique if e.kind != "host_stats"]
@@ -93,8 +98,7 @@ def _ingest_samples(
     horizon_ms = to_ms(now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE)
     old = [e for e in samples if e.time_ms < horizon_ms]
     to_insert = samples
-    if old:
-        repo.lock_fold_shared(session)
+    if old:  # the shared fold lock is already held (see `ingest`)
         folded = repo.folded_tags(session, old)
         if folded:
             to_insert = []
