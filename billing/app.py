@@ -20,6 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from billing.accounts import endpoints as accounts_endpoints
 from billing.dashboard import endpoints as dashboard_endpoints
+from billing.invoices import endpoints as invoice_endpoints
 from billing.plans import endpoints as plan_endpoints
 from billing.plans import service as plan_service
 from billing.stripe_sync.webhooks import router as stripe_router
@@ -134,7 +135,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
 
     for router in (ingest_endpoints.router, admission_endpoints.router, usage_endpoints.router,
                    accounts_endpoints.router, plan_endpoints.router, keys_endpoints.router,
-                   enforcement_endpoints.router, stripe_router, dashboard_endpoints.router):
+                   enforcement_endpoints.router, invoice_endpoints.router, stripe_router,
+                   dashboard_endpoints.router):
         app.include_router(router)
     return app
 

@@ -134,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(func=cmd_keys_revoke)
     keys_sub.add_parser("list", help="list keys (never their secrets)").set_defaults(
         func=cmd_keys_list)
+    from billing.invoices_cli import add_invoice_commands
     from billing.stripe_sync.cli import add_stripe_commands
 
+    add_invoice_commands(sub)
     add_stripe_commands(sub)
     return parser
 

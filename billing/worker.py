@@ -14,6 +14,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing.invoices.close import close_due_periods
 from billing.stripe_sync import jobs as stripe_jobs
 from metering import jobs as metering_jobs
 from metering import jobs_enforcement, observability
@@ -55,6 +56,7 @@ def job_table(
          lambda: jobs_enforcement.sweep_enforcement(sessions, settings.stale_after_s)),
         ("deliver_webhooks", settings.sweep_interval_s,
          lambda: jobs_enforcement.deliver_webhooks(sessions, settings)),
+        ("close_due_periods", 600.0, lambda: close_due_periods(sessions, settings)),
         *stripe_jobs.job_entries(sessions, settings),
     ]
 

@@ -1,0 +1,88 @@
+"""Finance's exports: a month's invoices and lines as CSV, and the revenue summary.
+
+The CSV has one row per invoice line, the invoice's columns repeated on each (what a
+spreadsheet or an accounting import wants); an invoice without lines still gets one row.
+Amounts are exact decimal strings with the currency's minor digits.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from billing.invoices import repository as repo
+from billing.invoices.schemas import price_text
+from metering.core.clock import rfc3339
+from metering.core.money import add, fmt, fmt_minor
+
+CSV_COLUMNS = (
+    "invoice_number", "invoice_id", "team_id", "period", "kind", "corrects_invoice_id",
+    "status", "currency", "subtotal", "credits_applied", "total", "finalized_at",
+    "stripe_invoice_id", "line_position", "line_kind", "line_description", "line_quantity",
+    "line_unit_price", "line_amount", "line_period", "line_price_version_id", "line_plan_code",
+)
+
+
+def _text(value: str | None) -> str:
+    """Free text (team ids come from events) never starts like a spreadsheet formula."""
+    if not value:
+        return ""
+    return "'" + value if value[0] in "=+-@\t\r" else value
+
+
+def csv_rows(session: Session, period: str) -> Iterator[list[str]]:
+    """The header, then one row per line of the month's invoices (drafts excluded)."""
+    yield list(CSV_COLUMNS)
+    for r in repo.export_rows(session, period):
+        c = r.currency
+        has_line = r.position is not None
+        yield [
+            r.number or "", r.id, _text(r.team_id), r.period, r.kind, r.corrects_invoice_id or "",
+            r.status, c, fmt_minor(r.subtotal, c), fmt_minor(r.credits_applied, c),
+            fmt_minor(r.total, c), rfc3339(r.finalized_at) if r.finalized_at else "",
+            r.stripe_invoice_id or "",
+            str(r.position) if has_line else "", r.line_kind or "", _text(r.description),
+            fmt(r.quantity) if has_line else "",
+            price_text(r.unit_price, c) if has_line else "",
+            fmt_minor(r.amount, c) if has_line else "", r.line_period or "",
+            r.price_version_id or "", r.plan_code or "",
+        ]
+
+
+def csv_text(session: Session, period: str) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerows(csv_rows(session, period))
+    return buffer.getvalue()
+
+
+def revenue(session: Session, period: str | None) -> list[dict[str, Any]]:
+    """Per month and currency: invoice totals, and charges by plan (fees, usage, true-ups;
+    adjustments carry no plan and show under `plan_code: null`). Credits are in the totals."""
+    totals, by_plan = repo.revenue_rows(session, period)
+    plans: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for r in by_plan:
+        plans[(r.period, r.currency)].append(r)
+    out: list[dict[str, Any]] = []
+    for t in totals:
+        c = t.currency
+        out.append({
+            "period": t.period, "currency": c, "invoices": int(t.invoices),
+            "subtotal": fmt_minor(t.subtotal, c),
+            "credits_applied": fmt_minor(t.credits_applied, c),
+            "carry_forward": fmt_minor(t.carry_forward, c), "total": fmt_minor(t.total, c),
+            "by_plan": [{
+                "plan_code": p.plan_code, "invoices": int(p.invoices),
+                "plan_fees": fmt_minor(p.plan_fees, c), "usage": fmt_minor(p.usage, c),
+                "commitment_true_up": fmt_minor(p.commitment_true_up, c),
+                "adjustments": fmt_minor(p.adjustments, c),
+                "amount": fmt_minor(add(p.plan_fees, p.usage, p.commitment_true_up,
+                                        p.adjustments), c),
+            } for p in plans.get((t.period, c), [])],
+        })
+    return out

@@ -1,0 +1,217 @@
+"""Invoices as the API shows them: money and quantities as exact decimal strings.
+
+Amounts carry exactly the currency's minor digits ("151.37"); quantities and unit prices are
+exact and carry no trailing zeros ("7200", "0.000014"), except that a unit price which is a
+whole number of minor units shows them ("150.00", for a fee line).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from billing.core.rating import InvoiceLine as RatedLine
+from billing.invoices.assemble import RatedTeam
+from billing.invoices.close import CloseSummary
+from metering.core.clock import rfc3339
+from metering.core.money import fmt, fmt_minor, round_minor
+
+
+def price_text(value: Decimal, currency: str) -> str:
+    return fmt_minor(value, currency) if value == round_minor(value, currency) else fmt(value)
+
+
+class LineOut(BaseModel):
+    """One invoice line; `amount` is rounded once, half-up, to the minor unit."""
+
+    position: int
+    kind: Literal["plan_fee", "usage_vcpu", "usage_memory", "commitment_true_up",
+                  "adjustment_vcpu", "adjustment_memory", "credit", "carry_forward"]
+    description: str
+    quantity: str = Field(description="vCPU-seconds, GiB-seconds, or 1 for flat lines")
+    unit_price: str
+    amount: str
+    period: str | None = Field(None, description="on adjustment lines: the month corrected")
+    price_version_id: str | None = None
+    plan_code: str | None = None
+
+
+class StripeOut(BaseModel):
+    invoice_id: str | None
+    status: str | None
+
+
+class InvoiceOut(BaseModel):
+    """An invoice. `total` = sum of the lines = `subtotal` - `credits_applied` (+ a
+    carry-forward line when adjustments made the month negative)."""
+
+    id: str
+    number: str | None
+    team_id: str
+    period: str
+    kind: Literal["period", "correction"]
+    corrects_invoice_id: str | None
+    status: Literal["draft", "finalized", "synced", "sync_failed", "paid", "payment_failed",
+                    "void"]
+    currency: str
+    subtotal: str
+    credits_applied: str
+    carry_forward: str
+    total: str
+    created_at: str
+    finalized_at: str | None
+    voided_at: str | None
+    paid_at: str | None
+    lines: list[LineOut]
+    stripe: StripeOut | None = Field(description="the Stripe invoice once synced")
+
+
+class InvoicePage(BaseModel):
+    data: list[InvoiceOut]
+    next_cursor: str | None
+
+
+class UpcomingOut(BaseModel):
+    """The open month rated as it stands (usage up to `as_of`); nothing is stored."""
+
+    team_id: str
+    period: str
+    status: Literal["upcoming"]
+    as_of: str
+    currency: str
+    subtotal: str
+    credits_applied: str
+    carry_forward: str
+    total: str
+    lines: list[LineOut]
+
+
+class CloseIn(BaseModel):
+    period: str = Field(pattern=r"^\d{4}-\d{2}$", examples=["2026-10"])
+    dry_run: bool = False
+    force: bool = Field(False, description="close before the grace period has passed")
+
+
+class FailureOut(BaseModel):
+    team_id: str
+    reason: str
+
+
+class PreviewOut(BaseModel):
+    team_id: str
+    currency: str
+    subtotal: str
+    credits_applied: str
+    total: str
+    lines: int
+
+
+class CloseOut(BaseModel):
+    """What a close did (or, in a dry run, would do)."""
+
+    period: str
+    dry_run: bool
+    run_id: str | None
+    teams_considered: int
+    invoices_made: int
+    already_existed: int
+    total_amount: dict[str, str] = Field(description="sum of invoices made, per currency")
+    skipped: dict[str, int] = Field(description="teams skipped, by reason")
+    failures: list[FailureOut]
+    seconds: float
+    previews: list[PreviewOut] = Field(description="dry run only: the invoices it would make")
+
+
+class VoidOut(BaseModel):
+    voided: InvoiceOut
+    correction: InvoiceOut | None
+
+
+class RevenuePlanOut(BaseModel):
+    plan_code: str | None = Field(description="null for lines of no plan (adjustments...)")
+    invoices: int
+    plan_fees: str
+    usage: str
+    commitment_true_up: str
+    adjustments: str
+    amount: str
+
+
+class RevenueOut(BaseModel):
+    """Live invoices (finalized onwards, not void) of one month and currency."""
+
+    period: str
+    currency: str
+    invoices: int
+    subtotal: str
+    credits_applied: str
+    carry_forward: str
+    total: str
+    by_plan: list[RevenuePlanOut]
+
+
+class RevenuePage(BaseModel):
+    data: list[RevenueOut]
+    next_cursor: str | None
+
+
+# --- conversions ---------------------------------------------------------------------------
+
+
+def line_out(row: Any, currency: str) -> dict[str, Any]:
+    return {"position": row.position, "kind": row.kind, "description": row.description,
+            "quantity": fmt(row.quantity), "unit_price": price_text(row.unit_price, currency),
+            "amount": fmt_minor(row.amount, currency), "period": row.period,
+            "price_version_id": row.price_version_id, "plan_code": row.plan_code}
+
+
+def rated_line_out(position: int, line: RatedLine, currency: str) -> dict[str, Any]:
+    return {"position": position, "kind": line.kind, "description": line.description,
+            "quantity": fmt(line.quantity), "unit_price": price_text(line.unit_price, currency),
+            "amount": fmt_minor(line.amount, currency), "period": line.period,
+            "price_version_id": line.price_version_id, "plan_code": line.plan_code}
+
+
+def _time(moment: datetime | None) -> str | None:
+    return rfc3339(moment) if moment is not None else None
+
+
+def invoice_out(row: Any, lines: list[Any]) -> dict[str, Any]:
+    c = row.currency
+    synced = row.stripe_invoice_id is not None or row.stripe_status is not None
+    return {
+        "id": row.id, "number": row.number, "team_id": row.team_id, "period": row.period,
+        "kind": row.kind, "corrects_invoice_id": row.corrects_invoice_id, "status": row.status,
+        "currency": c, "subtotal": fmt_minor(row.subtotal, c),
+        "credits_applied": fmt_minor(row.credits_applied, c),
+        "carry_forward": fmt_minor(row.carry_forward, c), "total": fmt_minor(row.total, c),
+        "created_at": rfc3339(row.created_at), "finalized_at": _time(row.finalized_at),
+        "voided_at": _time(row.voided_at), "paid_at": _time(row.paid_at),
+        "lines": [line_out(line, c) for line in lines],
+        "stripe": {"invoice_id": row.stripe_invoice_id, "status": row.stripe_status}
+        if synced else None,
+    }
+
+
+def upcoming_out(item: RatedTeam, as_of: datetime) -> dict[str, Any]:
+    r = item.rated
+    c = r.currency
+    return {
+        "team_id": item.team_id, "period": item.period, "status": "upcoming",
+        "as_of": rfc3339(as_of), "currency": c, "subtotal": fmt_minor(r.subtotal, c),
+        "credits_applied": fmt_minor(r.credits_applied, c),
+        "carry_forward": fmt_minor(r.carry_forward, c), "total": fmt_minor(r.total, c),
+        "lines": [rated_line_out(i, line, c) for i, line in enumerate(r.lines, start=1)],
+    }
+
+
+def close_out(summary: CloseSummary) -> dict[str, Any]:
+    return {**summary.as_dict(), "previews": [
+        {"team_id": p.team_id, "currency": p.currency,
+         "subtotal": fmt_minor(p.subtotal, p.currency),
+         "credits_applied": fmt_minor(p.credits_applied, p.currency),
+         "total": fmt_minor(p.total, p.currency), "lines": p.lines}
+        for p in summary.previews]}
