@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, literal, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from billing.credits.models import CreditApplication, CreditGrant
+from billing.invoices.models import Invoice
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +54,21 @@ def grant(
 
 
 def balances(session: Session, team_id: str) -> list[GrantBalance]:
+    # What a voided invoice applied is given back: its correction applies credit anew.
+    live = select(Invoice.id).where(Invoice.team_id == team_id, Invoice.status != "void")
+    # ... and a carry-forward grant made by a voided invoice is void with it.
+    voided_carry = select(literal("carry_forward:") + Invoice.id).where(
+        Invoice.team_id == team_id, Invoice.status == "void")
     applied = (select(CreditApplication.grant_id, func.sum(CreditApplication.amount).label("s"))
-               .where(CreditApplication.team_id == team_id)
+               .where(CreditApplication.team_id == team_id,
+                      CreditApplication.invoice_id.in_(live))
                .group_by(CreditApplication.grant_id).subquery())
     rows = session.execute(
         select(CreditGrant, func.coalesce(applied.c.s, 0))
         .outerjoin(applied, applied.c.grant_id == CreditGrant.id)
-        .where(CreditGrant.team_id == team_id)
+        .where(CreditGrant.team_id == team_id,
+               or_(CreditGrant.idempotency_key.is_(None),
+                   CreditGrant.idempotency_key.not_in(voided_carry)))
         .order_by(CreditGrant.priority, CreditGrant.expires_at.nulls_last(),
                   CreditGrant.granted_at, CreditGrant.id)
     )

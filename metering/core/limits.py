@@ -435,13 +435,17 @@ def decide_admission(
                 field,
             )
 
-    if request.timeout_s is not None and request.timeout_s > limits.max_execution_s:
+    # A plan (or override) allowing 0 s per execution admits nothing, timeout or not.
+    if limits.max_execution_s < 1 or (
+        request.timeout_s is not None and request.timeout_s > limits.max_execution_s
+    ):
         return _refuse(
             "duration_exceeds_plan",
             limits.max_execution_s,
-            request.timeout_s,
+            request.timeout_s if request.timeout_s is not None else limits.max_execution_s,
             f"Requested a timeout of {request.timeout_s} s but the {plan} plan allows at most "
-            f"{limits.max_execution_s} s per execution.",
+            f"{limits.max_execution_s} s per execution." if request.timeout_s is not None else
+            f"The {plan} plan allows no execution time (at most 0 s per execution).",
         )
 
     if credit_exhausted(state.credit_remaining):
