@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
 from metering.admissions import service
-from metering.api.deps import PrincipalDep, SessionDep, SettingsDep
+from metering.api.deps import authenticate, bearer
 from metering.core.clock import from_ms, to_ms, utc_now
 from metering.core.limits import AdmissionRequest
+from metering.db import transaction
 
 router = APIRouter(tags=["admissions"])
 
@@ -44,14 +48,26 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _admit(app_state: Any, token: str | None, body: AdmissionIn) -> service.Decision:
+    """The whole unit of work in one worker thread: key, decision, lease, commit."""
+    with transaction(app_state.sessions) as session:
+        authenticate(session, token).require("ingest")
+        now = from_ms(to_ms(utc_now()))
+        return service.admit(
+            session, app_state.settings, body.team_id, body.sandbox_id,
+            AdmissionRequest(body.vcpu, body.memory_mib, body.disk_mib, body.timeout_s), now)
+
+
 @router.post("/v1/admissions", response_model=AdmissionOut, responses=REFUSALS)
-def post_admission(
-    body: AdmissionIn, session: SessionDep, principal: PrincipalDep, settings: SettingsDep
-) -> JSONResponse:
-    """Admit a sandbox start (a lease holding a concurrency slot) or refuse it with a reason."""
-    principal.require("ingest")
-    now = from_ms(to_ms(utc_now()))
-    decision = service.admit(
-        session, settings, body.team_id, body.sandbox_id,
-        AdmissionRequest(body.vcpu, body.memory_mib, body.disk_mib, body.timeout_s), now)
-    return JSONResponse(status_code=decision.status, content=decision.body)
+async def post_admission(
+    body: AdmissionIn, request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Response:
+    """Admit a sandbox start (a lease holding a concurrency slot) or refuse it with a reason.
+
+    On the orchestrator's start path: one hop to a worker thread does the key check, the
+    decision and the lease in one transaction (committed before the answer)."""
+    token = credentials.credentials if credentials else None
+    decision = await run_in_threadpool(_admit, request.app.state, token, body)
+    return Response(orjson.dumps(decision.body), status_code=decision.status,
+                    media_type="application/json")
