@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
@@ -14,7 +14,15 @@ from billing.credits import repository as credit_repo
 from billing.credits import service as credits
 from billing.plans import service
 from billing.plans.models import AddOnRow, LimitOverrideRow
-from metering.api.deps import PrincipalDep, SessionDep, aware, team_reader
+from metering.api.deps import (
+    CredentialsDep,
+    PrincipalDep,
+    SessionDep,
+    aware,
+    in_worker,
+    team_reader,
+)
+from metering.auth.service import Principal
 from metering.core.clock import rfc3339, utc_now
 from metering.core.limits import LIMIT_FIELDS
 from metering.core.money import fmt_minor
@@ -178,9 +186,17 @@ class BalanceOut(BaseModel):
 
 
 @router.get("/v1/teams/{team_id}/balance", response_model=BalanceOut)
-def get_balance(team_id: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+async def get_balance(team_id: str, request: Request,
+                      credentials: CredentialsDep) -> dict[str, Any]:
     """Credit granted, used and remaining, live: what running sandboxes accrued up to now
     counts. Amounts are rounded to cents for display; enforcement uses the exact figures."""
+
+    return await in_worker(request, credentials,
+                           lambda session, principal: read_balance(team_id, session, principal))
+
+
+def read_balance(team_id: str, session: Session, principal: Principal) -> dict[str, Any]:
+    """The balance as the endpoint answers it (also used by the dashboard in-process)."""
     team_reader(principal, team_id)
     get_team_or_404(session, team_id)
     now = utc_now()

@@ -202,7 +202,7 @@ def overview(session: Session, principal: Principal, settings: Settings, team_id
              range_code: str | None) -> dict[str, Any]:
     """The overview's figures, as the page renders them and its refresh answers them."""
     team = accounts_api.get_team(team_id, session, principal)
-    balance = accounts_api.get_balance(team_id, session, principal)
+    balance = accounts_api.read_balance(team_id, session, principal)
     rng = chart_range(range_code)
     now = utc_now()
     usage = usage_api.get_usage(team_id, session, principal, settings, start=rng.start(now),
