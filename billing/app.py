@@ -15,8 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.accounts import endpoints as accounts_endpoints
 from billing.dashboard import endpoints as dashboard_endpoints
@@ -26,6 +27,7 @@ from billing.plans import service as plan_service
 from billing.stripe_sync.webhooks import router as stripe_router
 from metering import migrate, observability, plugins
 from metering.admissions import endpoints as admission_endpoints
+from metering.api.errors import ERROR_RESPONSES, error_response
 from metering.auth import endpoints as keys_endpoints
 from metering.auth.service import ensure_key
 from metering.config import Settings, get_settings
@@ -63,6 +65,19 @@ def install_error_handlers(app: FastAPI) -> None:
         message, problems = _validation_message(exc)
         return _error(422, "invalid_request", message, fields=problems)
 
+    # Starlette's own errors (a body that is not JSON, an unknown path, a wrong method) in the
+    # same shape as ours, not `{"detail": ...}`.
+    http_codes = {400: "invalid_request", 401: "unauthorized", 403: "forbidden",
+                  404: "not_found", 405: "method_not_allowed"}
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = _error(exc.status_code, http_codes.get(exc.status_code, "http_error"),
+                          str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
     async def storage_down(_: Request, exc: Exception) -> JSONResponse:
         sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
         if sqlstate in ("40P01", "40001"):
@@ -79,6 +94,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def db_error(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return await storage_down(request, exc)
+        if isinstance(exc, DataError):
+            # SQLSTATE class 22, or psycopg refusing a NUL byte in text: a value from the
+            # request that PostgreSQL cannot store (integer/numeric out of range, NUL).
+            log.info("refused a value the database cannot store: %s", exc.orig)
+            return _error(400, "invalid_request",
+                          "a value is out of range or contains a NUL (0x00) character")
         log.exception("database error")
         return _error(500, "internal", "internal error")
 
@@ -119,7 +140,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={
+        503: error_response("`not_ready`: the database is unreachable or not migrated")})
     def readyz() -> JSONResponse:
         """The database answers and its schema is at the newest migration."""
         try:
@@ -137,7 +159,11 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
                    accounts_endpoints.router, plan_endpoints.router, keys_endpoints.router,
                    enforcement_endpoints.router, invoice_endpoints.router, stripe_router,
                    dashboard_endpoints.router):
-        app.include_router(router)
+        responses = ERROR_RESPONSES
+        if router is ingest_endpoints.router:
+            responses = {**ERROR_RESPONSES, 413: error_response(
+                "`payload_too_large`: the body or the batch is over the limit")}
+        app.include_router(router, responses=responses)
     return app
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from billing.core.rating import quote
 from billing.plans import service
 from billing.plans.models import PlanVersion
-from metering.api.deps import PrincipalDep, SessionDep
+from metering.api.deps import PrincipalDep, SessionDep, aware
 from metering.core.clock import rfc3339, utc_now
 from metering.core.money import fmt, fmt_minor
 from metering.errors import BadRequest
@@ -110,9 +110,7 @@ def put_plan(code: str, body: PlanVersionIn, session: SessionDep,
     given carry over from the version in force then. Usage is priced by the version in force
     when it happened, so a version never changes what was already used before it."""
     principal.require("admin")
-    effective_at = body.effective_at or utc_now()
-    if effective_at.tzinfo is None:
-        raise BadRequest("effective_at: must carry a UTC offset or Z")
+    effective_at = aware(body.effective_at, "effective_at") or utc_now()
     changes = body.model_dump(exclude_none=True, exclude={"name", "effective_at"})
     service.put_plan_version(session, code, body.name, effective_at, changes)
     return plan_out(session, code)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from metering.admissions import service
 from metering.api.deps import authenticate, bearer
+from metering.api.errors import ErrorOut
 from metering.core.clock import from_ms, to_ms, utc_now
 from metering.core.limits import AdmissionRequest
 from metering.db import transaction
@@ -43,7 +44,9 @@ class AdmissionOut(BaseModel):
 REFUSALS: dict[int | str, dict[str, Any]] = {
     402: {"model": AdmissionOut, "description": "credit_exhausted, spend_limit_reached, "
           "team_blocked"},
-    403: {"model": AdmissionOut, "description": "resources_exceed_plan, duration_exceeds_plan"},
+    403: {"model": AdmissionOut | ErrorOut,
+          "description": "resources_exceed_plan, duration_exceeds_plan (an admission); "
+          "`forbidden` (an error: the key's role is not ingest)"},
     429: {"model": AdmissionOut, "description": "concurrency_limit, start_rate_limited"},
 }
 

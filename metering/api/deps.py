@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
@@ -63,10 +63,24 @@ def team_reader(principal: Principal, team_id: str) -> None:
         principal.require("team", "finance")
 
 
+# Times the API accepts: PostgreSQL and date arithmetic (month and day steps) overflow beyond.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def aware(moment: datetime | None, name: str) -> datetime | None:
-    """A query or body time must carry its offset: a naive one names the field in a 400."""
-    if moment is not None and moment.tzinfo is None:
+    """A query or body time must carry its offset and lie in 1970..9000 (UTC); else a 400
+    names the field."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
         raise BadRequest(f"{name}: must carry a UTC offset or Z")
+    try:
+        in_range = EARLIEST <= moment.astimezone(UTC) < LATEST
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise BadRequest(f"{name}: must lie between 1970 and 9000 (UTC)")
     return moment
 
 
