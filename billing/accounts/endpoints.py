@@ -86,6 +86,10 @@ def get_team(team_id: str, session: SessionDep, principal: PrincipalDep) -> dict
 
 
 class TeamIn(BaseModel):
+    model_config = {"json_schema_extra": {"example": {
+        "name": "Acme", "email": "billing@acme.example", "plan": "pro",
+        "effective_at": "2026-10-01T00:00:00Z", "spend_limit": "500"}}}
+
     name: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, max_length=320)
     plan: str | None = Field(default=None, max_length=64)
@@ -113,6 +117,10 @@ def put_team(team_id: str, body: TeamIn, session: SessionDep,
 
 
 class CreditIn(BaseModel):
+    model_config = {"json_schema_extra": {"example": {
+        "amount": "25.00", "expires_at": "2027-01-01T00:00:00Z", "priority": 0,
+        "reason": "launch promotion"}}}
+
     amount: Decimal = Field(gt=0, max_digits=20, decimal_places=6)
     expires_at: datetime | None = None
     priority: int = Field(default=0, ge=0, le=1000)

@@ -87,6 +87,10 @@ def get_plan(code: str, session: SessionDep, principal: PrincipalDep) -> dict[st
 
 
 class PlanVersionIn(BaseModel):
+    model_config = {"json_schema_extra": {"example": {
+        "effective_at": "2026-12-01T00:00:00Z", "vcpu_second_price": "0.000012",
+        "concurrency": 150}}}
+
     name: str | None = Field(default=None, max_length=200)
     effective_at: datetime | None = None
     monthly_fee: Decimal | None = Field(default=None, ge=0)

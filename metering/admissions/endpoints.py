@@ -22,6 +22,10 @@ router = APIRouter(tags=["admissions"])
 
 
 class AdmissionIn(BaseModel):
+    model_config = {"json_schema_extra": {"example": {
+        "team_id": "team_8c1", "sandbox_id": "sbx_3f9a", "vcpu": 2, "memory_mib": 1024,
+        "disk_mib": 10240, "timeout_s": 3600}}}
+
     team_id: str = Field(min_length=1, max_length=128)
     sandbox_id: str = Field(min_length=1, max_length=256)
     vcpu: int = Field(ge=1, le=1024)
@@ -31,6 +35,13 @@ class AdmissionIn(BaseModel):
 
 
 class AdmissionOut(BaseModel):
+    model_config = {"json_schema_extra": {"examples": [
+        {"admitted": True, "lease_id": "lease_5b1c0e9d2a", "max_duration_s": 3600,
+         "expires_at": "2026-11-03T10:16:32.125Z"},
+        {"admitted": False, "reason": "concurrency_limit", "limit": 20, "current": 20,
+         "message": "20 sandboxes are running or starting (19 running, 1 starting); "
+                    "the limit is 20 concurrent."}]}}
+
     admitted: bool
     lease_id: str | None = None
     max_duration_s: int | None = None

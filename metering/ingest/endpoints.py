@@ -20,7 +20,20 @@ from metering.ingest import service
 
 router = APIRouter(tags=["events"])
 
-BATCH_SCHEMA = {"type": "array", "items": {"type": "object"}, "maxItems": 10_000}
+BATCH_EXAMPLE = [{
+    "specversion": "1.0", "id": "01JD3T8W0K3M", "source": "orchestrator/eu-1/node-17",
+    "type": "sandbox.lifecycle.created", "subject": "sbx_3f9a",
+    "time": "2026-11-03T10:15:02.125Z",
+    "data": {"team_id": "team_8c1", "execution_id": "exe_71d", "template_id": "base",
+             "build_id": "bld_1", "vcpu": 2, "memory_mib": 1024, "disk_mib": 10240},
+}, {
+    "specversion": "1.0", "id": "01JD3T8W0K3N", "source": "orchestrator/eu-1/node-17",
+    "type": "sandbox.host_stats", "subject": "sbx_3f9a", "time": "2026-11-03T10:15:03.125Z",
+    "data": {"team_id": "team_8c1", "execution_id": "exe_71d", "cpu_pct": 37.5,
+             "memory_used_mib": 412},
+}]
+BATCH_SCHEMA = {"type": "array", "items": {"type": "object"}, "maxItems": 10_000,
+                "example": BATCH_EXAMPLE}
 
 
 class EventErrorOut(BaseModel):
@@ -31,6 +44,11 @@ class EventErrorOut(BaseModel):
 
 
 class IngestOut(BaseModel):
+    model_config = {"json_schema_extra": {"example": {
+        "accepted": 998, "duplicates": 1, "rejected": 1, "errors": [
+            {"index": 7, "id": "01JD3T8W0K3Z", "code": "invalid",
+             "message": "data.vcpu: must be >= 1"}]}}}
+
     accepted: int
     duplicates: int
     rejected: int
