@@ -36,7 +36,7 @@ _jitter = secrets.SystemRandom()
 class DeliveryPolicy:
     batch: int = 100
     concurrency: int = 8
-    connect_timeout_s: float = 2.0
+    connect_timeout_s: float = 2.0  # float-ok: seconds
     timeout_s: float = 5.0
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 3600.0

@@ -37,7 +37,7 @@ def sign(secret: str, body: bytes | str, timestamp: int) -> str:
 
 def verify_signature(
     secret: str, header: str | None, body: bytes | str,
-    tolerance_s: int = DEFAULT_TOLERANCE_S, now: float | None = None,
+    tolerance_s: int = DEFAULT_TOLERANCE_S, now: float | None = None,  # float-ok: seconds
 ) -> int:
     """Check a `Metering-Signature` header against the raw body; answer its timestamp.
 

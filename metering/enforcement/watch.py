@@ -82,16 +82,16 @@ def seconds_to_money_event(
 
 
 def next_look(
-    now: datetime, seconds_to_event: Decimal | None, max_recheck_s: float,
+    now: datetime, seconds_to_event: Decimal | None, max_recheck_s: float,  # float-ok: seconds
     rand: Callable[[], float] = _spread.random,
 ) -> datetime:
     """When to look again: after half the time to the event, at most `max_recheck_s` on.
 
     The longest wait is jittered down to between half and all of `max_recheck_s`, so teams
     first looked at in one sweep do not all come due in the same later sweep."""
-    wait = float(max_recheck_s) * (0.5 + 0.5 * rand())
+    wait = float(max_recheck_s) * (0.5 + 0.5 * rand())  # float-ok: seconds
     if seconds_to_event is not None:
-        wait = min(wait, float(seconds_to_event) / 2)
+        wait = min(wait, float(seconds_to_event) / 2)  # float-ok: seconds
     return now + timedelta(seconds=max(wait, 0.0))
 
 
@@ -135,8 +135,9 @@ def advance(position: MoneyPosition, spent: Decimal) -> MoneyPosition:
 class Watchlist:
     """Per team: its terms as of its last look, and when its money must next be looked at."""
 
-    def __init__(self, max_recheck_s: float = 10.0, prices_ttl_s: float = 300.0,
-                 look_budget_s: float = 0.5, limits_budget_s: float = 0.25,
+    def __init__(self, max_recheck_s: float = 10.0,  # float-ok: seconds
+                 prices_ttl_s: float = 300.0,  # float-ok: seconds
+                 look_budget_s: float = 0.5, limits_budget_s: float = 0.25,  # float-ok: seconds
                  credit_thresholds: Sequence[int] = (50, 80, 100),
                  spend_thresholds: Sequence[int] = (80, 100)) -> None:
         self.max_recheck_s = max_recheck_s
@@ -190,7 +191,7 @@ class Watchlist:
                      looked_at + timedelta(seconds=self.max_recheck_s))
         event_at = None
         if seconds is not None and seconds < _HORIZON_S:
-            event_at = now + timedelta(seconds=float(seconds))
+            event_at = now + timedelta(seconds=float(seconds))  # float-ok: seconds
         return due_at, event_at
 
     def look_priority(
