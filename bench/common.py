@@ -51,9 +51,16 @@ def service(database_url: str, workers: int = 2, scheduler: bool = False,
                    "METERING_BOOTSTRAP_ADMIN_KEY": admin,
                    "METERING_RUN_SCHEDULER": "true" if scheduler else "false",
                    "METERING_LOG_LEVEL": "WARNING", **(env or {})}
-    process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/metering"), "serve", "--port", str(port), "--workers", str(workers)],
-        env=environment, cwd=ROOT)
+    command = [str(ROOT / ".venv/bin/metering"), "serve", "--port", str(port),
+               "--workers", str(workers)]
+    with serve_until_ready(command, environment, port) as base:
+        yield base, admin
+
+
+@contextlib.contextmanager
+def serve_until_ready(command: list[str], env: dict[str, str], port: int) -> Iterator[str]:
+    """Start a server process, wait for its /readyz, yield its base URL, stop it after."""
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -65,8 +72,8 @@ def service(database_url: str, workers: int = 2, scheduler: bool = False,
                 pass
             time.sleep(0.2)
         else:
-            raise RuntimeError("service did not become ready")
-        yield base, admin
+            raise RuntimeError(f"{command[-1]} did not become ready")
+        yield base
     finally:
         process.terminate()
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from bench.common import (
     machine,
     now_utc,
     percentile,
+    serve_until_ready,
     service,
 )
 
@@ -62,29 +62,10 @@ def dashboard_server(database_url: str) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "METERING_RESOLVED_DATABASE_URL": database_url,
            "METERING_RUN_SCHEDULER": "false", "METERING_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/python"), "-m", "uvicorn", "bench.dashboard:app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("dashboard server did not become ready")
+    command = [str(ROOT / ".venv/bin/python"), "-m", "uvicorn", "bench.dashboard:app",
+               "--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    with serve_until_ready(command, env, port) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def keep_alive(base: str, ingest: str, team: str, stop: threading.Event) -> None:
