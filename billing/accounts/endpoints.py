@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from billing.credits import repository as credit_repo
 from billing.credits import service as credits
 from billing.plans import service
+from billing.plans.endpoints import LimitsOut
 from billing.plans.models import AddOnRow, LimitOverrideRow
 from metering.api.deps import (
     CredentialsDep,
@@ -30,15 +31,6 @@ from metering.errors import BadRequest, NotFound
 from metering.teams.models import Team
 
 router = APIRouter(tags=["teams"])
-
-
-class LimitsOut(BaseModel):
-    max_execution_s: int
-    concurrency: int
-    starts_per_second: int
-    max_vcpu: int
-    max_memory_mib: int
-    max_disk_mib: int
 
 
 class TeamOut(BaseModel):

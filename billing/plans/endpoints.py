@@ -20,7 +20,18 @@ from metering.errors import BadRequest
 router = APIRouter(tags=["plans"])
 
 
-class PlanVersionOut(BaseModel):
+class LimitsOut(BaseModel):
+    """A plan's limits (also a team's effective limits)."""
+
+    max_execution_s: int
+    concurrency: int
+    starts_per_second: int
+    max_vcpu: int
+    max_memory_mib: int
+    max_disk_mib: int
+
+
+class PlanVersionOut(LimitsOut):
     id: str
     effective_at: str
     currency: str
@@ -30,12 +41,6 @@ class PlanVersionOut(BaseModel):
     minimum_commitment: str
     vcpu_second_price: str
     gib_second_price: str
-    max_execution_s: int
-    concurrency: int
-    starts_per_second: int
-    max_vcpu: int
-    max_memory_mib: int
-    max_disk_mib: int
 
 
 class PlanOut(BaseModel):
