@@ -171,10 +171,10 @@ class Sandbox:
     vcpu: int
     memory_mib: int
     template: str
-    ends_at: float  # monotonic seconds
-    cpu: float = 10.0
+    ends_at: float  # float-ok: monotonic seconds
+    cpu: float = 10.0  # float-ok
     memory_used: int = 200
-    paused_until: float | None = None
+    paused_until: float | None = None  # float-ok
 
 
 @dataclass
@@ -214,7 +214,7 @@ class Orchestrator:
         events.append(cloud_event("created", team.id, box.id, box.execution, now, vcpu=vcpu,
                                   memory_mib=memory, template_id=box.template))
 
-    def _step(self, box: Sandbox, now: datetime, clock: float,
+    def _step(self, box: Sandbox, now: datetime, clock: float,  # float-ok
               events: list[dict[str, Any]]) -> None:
         team, rng = box.team, self.rng
         if box.paused_until is not None:
@@ -413,7 +413,7 @@ def banner(base: str, finance: str, team_keys: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def simulate(orchestrator: Orchestrator, seconds: float, interval: float = 1.0) -> None:
+def simulate(orchestrator: Orchestrator, seconds: float, interval: float = 1.0) -> None:  # float-ok
     """Tick every `interval` seconds (until `seconds` have passed, if given); a status line
     every ten seconds."""
     started = last_status = time.monotonic()

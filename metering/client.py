@@ -311,15 +311,15 @@ class MeteringClient:
         *,
         max_batch: int = 1000,
         max_batch_bytes: int = 4 * 1024 * 1024,
-        max_delay_s: float = 1.0,
+        max_delay_s: float = 1.0,  # float-ok: seconds
         spool_path: str | Path | None = None,
         max_spool_bytes: int = 1024 * 1024 * 1024,
         max_buffer: int = 100_000,
-        emit_timeout_s: float | None = 30.0,
-        timeout_s: float = 10.0,
+        emit_timeout_s: float | None = 30.0,  # float-ok: seconds
+        timeout_s: float = 10.0,  # float-ok
         concurrency: int = 2,
-        backoff_base_s: float = 0.1,
-        backoff_max_s: float = 10.0,
+        backoff_base_s: float = 0.1,  # float-ok
+        backoff_max_s: float = 10.0,  # float-ok
         on_rejected: Callable[[list[Rejection]], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_buffer < max_batch or concurrency < 1:
@@ -386,7 +386,7 @@ class MeteringClient:
 
     # ------------------------------------------------------------------ events
 
-    def emit(self, event: Mapping[str, Any], timeout: float | None = None) -> None:
+    def emit(self, event: Mapping[str, Any], timeout: float | None = None) -> None:  # float-ok
         """Buffer one CloudEvent. Blocks while the buffer is full; raises `Backpressure`
         after `timeout` (default `emit_timeout_s`; None waits for ever)."""
         if not isinstance(event.get("id"), str) or not isinstance(event.get("source"), str):
@@ -418,7 +418,7 @@ class MeteringClient:
             if len(self._buffer) == self.max_batch:
                 self._work.notify()
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:  # float-ok
         """Send everything emitted so far; True once all of it is acknowledged (or refused
         for good), False if `timeout` passed first (it stays buffered or spooled)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -435,7 +435,7 @@ class MeteringClient:
             finally:
                 self._flushing -= 1
 
-    def close(self, timeout: float | None = 30.0) -> None:
+    def close(self, timeout: float | None = 30.0) -> None:  # float-ok
         """Flush (up to `timeout`), stop the senders, and spool what is still unsent so the
         next client on the same spool delivers it. Without a spool it is logged as lost."""
         with self._lock:
@@ -500,7 +500,7 @@ class MeteringClient:
                 log.exception("metering client: unexpected error; the batch will be retried")
                 self._requeue(batch, outage=True, retry_after=None, in_flight=action == "send")
 
-    def _ready_to_cut(self, now: float) -> bool:
+    def _ready_to_cut(self, now: float) -> bool:  # float-ok
         return bool(self._buffer) and (
             len(self._buffer) >= self.max_batch
             or self._buffer_bytes >= self.max_batch_bytes
@@ -686,7 +686,7 @@ class MeteringClient:
             self._work.notify_all()
 
     def _failed(self, batch: _Batch, body: bytes, *, outage: bool,
-                retry_after: float | None) -> None:
+                retry_after: float | None) -> None:  # float-ok
         if (not batch.spooled and self._spool is not None
                 and self._spool.has_room(len(body))):
             self._spool.append(batch.seq, body, batch.count)
@@ -698,7 +698,7 @@ class MeteringClient:
                 self._room.notify_all()
         self._requeue(batch, outage=outage, retry_after=retry_after, in_flight=True)
 
-    def _requeue(self, batch: _Batch, *, outage: bool, retry_after: float | None,
+    def _requeue(self, batch: _Batch, *, outage: bool, retry_after: float | None,  # float-ok
                  in_flight: bool) -> None:
         with self._lock:
             if in_flight:
@@ -784,12 +784,12 @@ class MeteringClient:
         return ActionsPage(list(page.get("data", [])), page.get("next_cursor"))
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx.Response) -> float | None:  # float-ok
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        return max(float(value), 0.0)  # float-ok
     except ValueError:
         return None  # an HTTP date: the backoff decides
 

@@ -50,8 +50,8 @@ class Settings(BaseSettings):
 
     # Worker
     run_scheduler: bool = True
-    sweep_interval_s: float = 1.0
-    fold_interval_s: float = 5.0
+    sweep_interval_s: float = 1.0  # float-ok
+    fold_interval_s: float = 5.0  # float-ok
     metrics_port: int | None = None  # `metering worker` serves /metrics here when set
 
 

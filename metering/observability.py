@@ -144,7 +144,7 @@ def _metrics() -> _Metrics:
     )
 
 
-def observe_ingest(result: Mapping[str, Any], seconds: float) -> None:
+def observe_ingest(result: Mapping[str, Any], seconds: float) -> None:  # float-ok
     """Count one acknowledged `POST /v1/events` answer (`{"accepted", "duplicates",
     "rejected", "errors"}`) and its latency."""
     m = _metrics()
@@ -164,14 +164,14 @@ def observe_ingest(result: Mapping[str, Any], seconds: float) -> None:
     m.ingest_batch.observe(accepted + duplicates + rejected)
 
 
-def observe_admission(reason: str | None, seconds: float) -> None:
+def observe_admission(reason: str | None, seconds: float) -> None:  # float-ok
     """Count one admission decision: `reason` None when admitted, else the refusal's."""
     m = _metrics()
     m.admissions.labels(reason or "admitted").inc()
     m.admission_duration.observe(seconds)
 
 
-def observe_job(name: str, seconds: float, failed: bool = False) -> None:
+def observe_job(name: str, seconds: float, failed: bool = False) -> None:  # float-ok
     """Record one run of a background job."""
     m = _metrics()
     m.job_duration.labels(name).observe(seconds)
@@ -240,7 +240,9 @@ class DatabaseGauges:
     down, a table not there yet) drops its gauge from that scrape instead of failing the
     scrape; `metering_database_up` says whether the database answered at all."""
 
-    def __init__(self, engine: Engine, ttl_s: float = 5.0, timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, engine: Engine, ttl_s: float = 5.0, timeout_ms: int = 2000  # float-ok
+    ) -> None:
         self.engine = engine
         self.ttl_s = ttl_s
         self.timeout_ms = timeout_ms
@@ -267,7 +269,7 @@ class DatabaseGauges:
                         log.debug("metrics query failed", extra={"metric": gauge.name,
                                                                  "error": type(exc).__name__})
                         continue
-                    values[gauge.name] = float(value or 0)
+                    values[gauge.name] = float(value or 0)  # float-ok
                 conn.rollback()
         except SQLAlchemyError as exc:
             up = 0.0
@@ -426,7 +428,7 @@ def _incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
-def _record(method: str, path: str, template: str | None, status: int, seconds: float,
+def _record(method: str, path: str, template: str | None, status: int, seconds: float,  # float-ok
             body: bytes) -> None:
     m = _metrics()
     label = template or "unmatched"
@@ -449,7 +451,7 @@ def _record(method: str, path: str, template: str | None, status: int, seconds: 
             "duration_ms": round(seconds * 1000, 2)})
 
 
-def install(app: FastAPI, database_ttl_s: float = 5.0) -> None:
+def install(app: FastAPI, database_ttl_s: float = 5.0) -> None:  # float-ok
     """Add the request middleware and `GET /metrics` (with the database gauges read through
     the app's engine) to the app. Call before the app starts serving."""
     database = DatabaseGauges(app.state.engine, ttl_s=database_ttl_s)

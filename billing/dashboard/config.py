@@ -16,8 +16,8 @@ class DashboardSettings(BaseSettings):
     # shared by every process on the machine. Set it when API processes run on several
     # machines, or sessions made on one are refused by the others.
     secret: str | None = None
-    session_hours: float = 12.0
-    poll_seconds: float = 5.0
+    session_hours: float = 12.0  # float-ok
+    poll_seconds: float = 5.0  # float-ok
 
 
 @lru_cache(maxsize=1)

@@ -84,7 +84,7 @@ def when_seconds(value: datetime | str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
 
 
-def duration(seconds: float | int | None) -> str:
+def duration(seconds: float | int | None) -> str:  # float-ok
     """`45 s`, `12 min 5 s`, `3 h 20 min`, `2 d 4 h`."""
     if seconds is None:
         return "—"

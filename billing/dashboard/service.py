@@ -126,7 +126,8 @@ def balance_view(balance: dict[str, Any], now: datetime) -> dict[str, Any]:
         left = fmt.duration((exhaustion - now).total_seconds())
         outlook = (f"At {fmt.money(burn, currency)} an hour, credit lasts until "
                    f"{fmt.when(exhaustion)} (about {left}).")
-    fraction = float(remaining / granted) if granted > 0 else None  # display geometry only
+    # float-ok: the gauge's display geometry only
+    fraction = float(remaining / granted) if granted > 0 else None  # float-ok
     return {
         "currency": currency,
         "has_credit": granted > 0,
@@ -135,7 +136,7 @@ def balance_view(balance: dict[str, Any], now: datetime) -> dict[str, Any]:
                   "max": balance["credit_granted"],
                   "text": f"{fmt.money(remaining, currency)} of "
                           f"{fmt.money(granted, currency)} left"},
-        "spend_fraction": float(spend / limit) if limit else None,
+        "spend_fraction": float(spend / limit) if limit else None,  # float-ok
         "figures": {
             "credit_remaining": fmt.money(remaining, currency),
             "credit_granted": fmt.money(granted, currency),

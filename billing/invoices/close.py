@@ -85,7 +85,7 @@ class CloseSummary:
     skipped: Counter[str] = field(default_factory=Counter)
     failures: list[TeamFailure] = field(default_factory=list)
     previews: list[InvoicePreview] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # float-ok
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -121,7 +121,7 @@ class CloseOut(BaseModel):
     total_amount: dict[str, str] = Field(description="sum of invoices made, per currency")
     skipped: dict[str, int] = Field(description="teams skipped, by reason")
     failures: list[FailureOut]
-    seconds: float
+    seconds: float  # float-ok
     previews: list[PreviewOut] = Field(description="dry run only: the invoices it would make")
 
 

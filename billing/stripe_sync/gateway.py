@@ -35,7 +35,7 @@ class StripeFailure(Exception):
     """A Stripe call failed. `retryable` says whether the same call may succeed later."""
 
     def __init__(self, message: str, *, kind: FailureKind, status: int | None = None,
-                 code: str | None = None, retry_after: float | None = None) -> None:
+                 code: str | None = None, retry_after: float | None = None) -> None:  # float-ok
         super().__init__(message)
         self.message = message
         self.kind = kind
@@ -143,12 +143,12 @@ def _invoice(obj: stripe.Invoice) -> RemoteInvoice:
     )
 
 
-def _retry_after(exc: stripe.StripeError) -> float | None:
+def _retry_after(exc: stripe.StripeError) -> float | None:  # float-ok
     headers = exc.headers or {}
     for name, value in headers.items():
         if name.lower() == "retry-after":
             try:
-                return max(float(value), 0.0)
+                return max(float(value), 0.0)  # float-ok
             except ValueError:
                 return None
     return None
@@ -194,7 +194,7 @@ class StripeGateway:
     """Typed calls to Stripe. Every mutating call takes the caller's idempotency key."""
 
     def __init__(self, api_key: str, *, api_base: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:  # float-ok
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else {},
@@ -203,7 +203,7 @@ class StripeGateway:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+    def from_settings(cls, settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S,  # float-ok
                       ) -> StripeGateway:
         if not settings.stripe_api_key:
             raise StripeNotConfigured("METERING_STRIPE_API_KEY is not set")

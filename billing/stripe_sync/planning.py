@@ -136,7 +136,7 @@ class Backoff:
     max_attempts: int = 10
 
     def next_attempt(self, now: datetime, attempts: int,
-                     retry_after: float | None = None) -> datetime | None:
+                     retry_after: float | None = None) -> datetime | None:  # float-ok
         """When to try again after `attempts` failed attempts; None once they are spent."""
         if attempts >= self.max_attempts:
             return None

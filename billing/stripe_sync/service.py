@@ -78,8 +78,8 @@ class SyncPolicy:
     """How hard one run tries. Defaults suit production; tests shorten the waits."""
 
     call_attempts: int = 3  # tries of one Stripe call within a run
-    call_backoff_s: float = 0.25  # first pause between them, doubling
-    max_inline_wait_s: float = 5.0  # a longer Retry-After defers the invoice instead
+    call_backoff_s: float = 0.25  # float-ok: first pause between them, doubling
+    max_inline_wait_s: float = 5.0  # float-ok: a longer Retry-After defers the invoice instead
     lease: timedelta = timedelta(minutes=10)  # a crashed worker's claim expires after this
     backoff: Backoff = field(default_factory=Backoff)
     days_until_due: int = 30  # payment terms of send_invoice invoices

@@ -37,13 +37,13 @@ class DeliveryPolicy:
     batch: int = 100
     concurrency: int = 8
     connect_timeout_s: float = 2.0  # float-ok: seconds
-    timeout_s: float = 5.0
-    backoff_base_s: float = 1.0
-    backoff_cap_s: float = 3600.0
+    timeout_s: float = 5.0  # float-ok: seconds
+    backoff_base_s: float = 1.0  # float-ok: seconds
+    backoff_cap_s: float = 3600.0  # float-ok: seconds
     # Longer than a whole batch can take (batch / concurrency * timeout), so a live worker's
     # claim never runs out under it.
-    lease_s: float = 120.0
-    max_age_s: float = 24 * 3600
+    lease_s: float = 120.0  # float-ok: seconds
+    max_age_s: float = 24 * 3600  # float-ok: seconds
     max_batches: int = 10  # per run: a deep queue is drained over several runs
 
 
@@ -56,7 +56,7 @@ class DeliveryResult:
 
 def retry_delay(
     attempts: int, policy: DeliveryPolicy, rand: Callable[[], float] = _jitter.random
-) -> float:
+) -> float:  # float-ok: seconds
     """Seconds to wait after the `attempts`-th failure: exponential from `backoff_base_s`,
     capped at `backoff_cap_s`, then jittered down to between half and all of that so that a
     receiver coming back is not hit by every message at the same instant."""
