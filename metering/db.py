@@ -7,14 +7,16 @@ rolls back when it raises; repositories never commit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, create_engine
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.elements import TextClause
 
 from metering.config import Settings
 
@@ -56,6 +58,36 @@ def resolve_database_url(settings: Settings) -> str:
     if settings.database_url:
         return sqlalchemy_url(settings.database_url)
     return sqlalchemy_url(start_embedded(settings.data_dir))
+
+
+_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+_driver_sql: dict[int, tuple[TextClause, str]] = {}
+
+
+def driver_sql(statement: TextClause | str) -> str:
+    """A `text()` statement in the driver's paramstyle (`%(name)s`), compiled once."""
+    if isinstance(statement, str):
+        return statement
+    cached = _driver_sql.get(id(statement))
+    if cached is None or cached[0] is not statement:
+        cached = (statement, str(statement.compile(dialect=_DIALECT)))
+        _driver_sql[id(statement)] = cached
+    return cached[1]
+
+
+def pipeline(
+    session: Session, statements: Sequence[tuple[TextClause | str, Mapping[str, Any]]],
+) -> list[list[Any]]:
+    """Run read statements in the session's transaction in one network round trip (psycopg
+    pipeline mode) and answer each one's rows. They run in order, each with its own snapshot
+    (read committed), exactly as if executed one by one."""
+    if not statements:
+        return []
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.pipeline():
+        cursors = [raw.execute(driver_sql(sql), params) for sql, params in statements]
+    return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
 
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:

@@ -8,10 +8,11 @@ which is what the spine runs on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -46,6 +47,15 @@ class Standing:
     currency: str = "usd"
 
 
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """One statement the billing side wants sent with an admission's own reads, in the same
+    round trip (driver paramstyle: `%(name)s`); its first row comes back to `admission`."""
+
+    sql: str
+    params: Mapping[str, Any]
+
+
 class Billing(Protocol):
     def price_schedule(
         self, session: Session, team_id: str, start: datetime, end: datetime
@@ -55,11 +65,16 @@ class Billing(Protocol):
 
     def standing(self, session: Session, team_id: str, now: datetime) -> Standing: ...
 
+    def admission_prefetch(self, team_id: str) -> Prefetch | None:
+        """The read of the team that `admission` can start from, if any."""
+        ...
+
     def admission(
-        self, session: Session, team_id: str, now: datetime
+        self, session: Session, team_id: str, now: datetime, prefetched: Any = None
     ) -> tuple[TeamLimits, Standing]:
         """Limits and standing for an admission decision, computing only what the decision
-        needs (credit only where it is enforced, spend only under a limit)."""
+        needs (credit only where it is enforced, spend only under a limit). `prefetched` is
+        the row of `admission_prefetch`'s statement when the caller ran it."""
         ...
 
 
@@ -81,8 +96,11 @@ class DefaultBilling:
         zero = Decimal(0)
         return Standing(team_id, False, None, zero, zero, None, zero, None, zero)
 
+    def admission_prefetch(self, team_id: str) -> Prefetch | None:
+        return None
+
     def admission(
-        self, session: Session, team_id: str, now: datetime
+        self, session: Session, team_id: str, now: datetime, prefetched: Any = None
     ) -> tuple[TeamLimits, Standing]:
         return self.limits(session, team_id, now), self.standing(session, team_id, now)
 

@@ -198,9 +198,8 @@ async def get_balance(team_id: str, request: Request,
 def read_balance(team_id: str, session: Session, principal: Principal) -> dict[str, Any]:
     """The balance as the endpoint answers it (also used by the dashboard in-process)."""
     team_reader(principal, team_id)
-    get_team_or_404(session, team_id)
     now = utc_now()
-    limits, standing = service.BILLING.view(session, team_id, now)
+    limits, standing = service.BILLING.view(session, team_id, now, must_exist=True)
     remaining = standing.credit_granted - standing.credit_used
     exhaustion = credits.projected_exhaustion(remaining, standing.burn_rate_per_hour, now) \
         if standing.credit_granted > 0 else None

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, literal, or_, select, text
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from billing.credits.models import CreditApplication, CreditGrant
-from billing.invoices.models import Invoice
+from billing.credits.models import CreditGrant
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,32 +53,45 @@ def grant(
     return str(existing)
 
 
+# Burn-down order. What a voided invoice applied is given back (its correction applies credit
+# anew), and a carry-forward grant made by a voided invoice is void with it.
+BALANCES = text("""
+SELECT g.id, g.amount, coalesce(a.s, 0), g.priority, g.granted_at, g.expires_at, g.reason,
+       g.kind
+FROM credit_grants g
+LEFT JOIN (
+    SELECT ca.grant_id, sum(ca.amount) AS s FROM credit_applications ca
+    WHERE ca.team_id = :t
+      AND ca.invoice_id IN (SELECT i.id FROM invoices i WHERE i.team_id = :t
+                            AND i.status <> 'void')
+    GROUP BY ca.grant_id) a ON a.grant_id = g.id
+WHERE g.team_id = :t
+  AND (g.idempotency_key IS NULL OR g.idempotency_key NOT IN (
+       SELECT 'carry_forward:' || i.id FROM invoices i
+       WHERE i.team_id = :t AND i.status = 'void'))
+ORDER BY g.priority, g.expires_at NULLS LAST, g.granted_at, g.id
+""")
+
+
+def balances_from_rows(rows: Any) -> list[GrantBalance]:
+    return [GrantBalance(r[0], r[1], Decimal(r[2]), r[3], r[4], r[5], r[6], r[7])
+            for r in rows]
+
+
 def balances(session: Session, team_id: str) -> list[GrantBalance]:
-    # What a voided invoice applied is given back: its correction applies credit anew.
-    live = select(Invoice.id).where(Invoice.team_id == team_id, Invoice.status != "void")
-    # ... and a carry-forward grant made by a voided invoice is void with it.
-    voided_carry = select(literal("carry_forward:") + Invoice.id).where(
-        Invoice.team_id == team_id, Invoice.status == "void")
-    applied = (select(CreditApplication.grant_id, func.sum(CreditApplication.amount).label("s"))
-               .where(CreditApplication.team_id == team_id,
-                      CreditApplication.invoice_id.in_(live))
-               .group_by(CreditApplication.grant_id).subquery())
-    rows = session.execute(
-        select(CreditGrant, func.coalesce(applied.c.s, 0))
-        .outerjoin(applied, applied.c.grant_id == CreditGrant.id)
-        .where(CreditGrant.team_id == team_id,
-               or_(CreditGrant.idempotency_key.is_(None),
-                   CreditGrant.idempotency_key.not_in(voided_carry)))
-        .order_by(CreditGrant.priority, CreditGrant.expires_at.nulls_last(),
-                  CreditGrant.granted_at, CreditGrant.id)
-    )
-    return [GrantBalance(g.id, g.amount, Decimal(a), g.priority, g.granted_at, g.expires_at,
-                         g.reason, g.kind) for g, a in rows]
+    return balances_from_rows(session.execute(BALANCES, {"t": team_id}))
+
+
+LAST_INVOICED = text(
+    "SELECT max(period) FROM invoices WHERE team_id = :t AND kind = 'period' "
+    "AND status NOT IN ('draft', 'void')")
 
 
 def last_invoiced_period(session: Session, team_id: str) -> str | None:
     """The newest month whose period invoice is final (not draft, not void)."""
-    row = session.execute(text(
-        "SELECT max(period) FROM invoices WHERE team_id = :t AND kind = 'period' "
-        "AND status NOT IN ('draft', 'void')"), {"t": team_id}).first()
+    return period_from_rows(session.execute(LAST_INVOICED, {"t": team_id}))
+
+
+def period_from_rows(rows: Any) -> str | None:
+    row = next(iter(rows), None)
     return None if row is None or row[0] is None else str(row[0])

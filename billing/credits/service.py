@@ -8,8 +8,10 @@ lower priority number first, then soonest expiry, then oldest.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -64,22 +66,54 @@ WHERE e.team_id = :team_id AND e.end_at IS NULL AND e.inferred_end_at IS NULL
 """)
 
 
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """The reads a standing starts from: the grants in burn-down order with what invoices
+    applied of each, the newest invoiced month, and what runs now (vCPU, MiB per sandbox)."""
+
+    grants: list[repo.GrantBalance]
+    last_invoiced: str | None
+    running: list[tuple[int, int]]
+
+
+def ledger_reads(team_id: str, now: datetime, *, credit: bool, burn: bool
+                 ) -> list[tuple[Any, dict[str, Any]]]:
+    """The statements of a `Ledger` (only those asked for), to pipeline with others."""
+    reads: list[tuple[Any, dict[str, Any]]] = []
+    if credit:
+        reads += [(repo.BALANCES, {"t": team_id}), (repo.LAST_INVOICED, {"t": team_id})]
+    if burn:
+        reads.append((_RUNNING_ALLOCATION, {"team_id": team_id, "now": now, "stale": _stale()}))
+    return reads
+
+
+def ledger_from_rows(rows: list[list[Any]], *, credit: bool, burn: bool) -> Ledger:
+    grants: list[repo.GrantBalance] = []
+    last = None
+    if credit:
+        grants = repo.balances_from_rows(rows[0])
+        last = repo.period_from_rows(rows[1])
+    running = [(int(r[0]), int(r[1])) for r in rows[-1]] if burn else []
+    return Ledger(grants, last, running)
+
+
 def standing(
     session: Session, team_id: str, now: datetime, credit_enforced: bool, currency: str,
-    ctx: TeamContext, schedule: PriceSchedule, *, need_credit: bool = True,
+    ctx: TeamContext, schedule: PriceSchedule, ledger: Ledger, *, need_credit: bool = True,
     need_spend: bool = True, need_burn: bool = True,
 ) -> Standing:
     """A team's money position now. The `need_*` flags let a hot path (admissions) skip what
-    its decision does not look at; skipped figures read as zero."""
+    its decision does not look at; skipped figures read as zero. `ledger` holds the reads
+    the figures asked for start from (see `ledger_reads`); usage is read here, in one round
+    trip for both the unbilled months and this month."""
     zero = Decimal(0)
     granted = used = month_spend = burn = zero
     this_month = month_start(now)
     if need_credit:
-        grants = [g for g in repo.balances(session, team_id)
-                  if g.expires_at is None or g.expires_at > now]
+        grants = [g for g in ledger.grants if g.expires_at is None or g.expires_at > now]
         granted = add(*(g.amount for g in grants)) if grants else zero
         applied = add(*(g.applied for g in grants)) if grants else zero
-        last = repo.last_invoiced_period(session, team_id)
+        last = ledger.last_invoiced
         unbilled_from = next_month_start(parse_period(last)[0]) if last else EPOCH
         if unbilled_from < this_month:
             # One read for both figures: [unbilled_from, month start) and [month start, now).
@@ -97,9 +131,8 @@ def standing(
         month_spend = usage_cost(session, team_id, this_month, now, now, schedule)
     if need_burn:
         prices = schedule.at(now).prices
-        for r in session.execute(_RUNNING_ALLOCATION, {"team_id": team_id, "now": now,
-                                                       "stale": _stale()}):
-            burn = add(burn, prices.cost(r.seg_vcpu * 3_600_000, r.seg_mem * 3_600_000))
+        for vcpu, memory_mib in ledger.running:
+            burn = add(burn, prices.cost(vcpu * 3_600_000, memory_mib * 3_600_000))
     return Standing(
         team_id=team_id, blocked=ctx.blocked_at is not None, blocked_reason=ctx.blocked_reason,
         credit_granted=granted, credit_used=used,

@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.core.plans import Assignment, Version
@@ -110,17 +111,18 @@ class TeamContext:
     spend_limit: Decimal | None
 
 
-_CONTEXT = text("""
+# Driver paramstyle, so that admissions can pipeline it with their own reads.
+CONTEXT_SQL = ("""
 SELECT
   (SELECT json_agg(json_build_array(plan_code, effective_at) ORDER BY effective_at)
-   FROM team_plans WHERE team_id = :t),
+   FROM team_plans WHERE team_id = %(t)s),
   (SELECT json_agg(json_build_array(max_execution_s, concurrency, starts_per_second, max_vcpu,
                                     max_memory_mib, max_disk_mib, starts_at, ends_at))
-   FROM team_limit_overrides WHERE team_id = :t),
+   FROM team_limit_overrides WHERE team_id = %(t)s),
   (SELECT json_agg(json_build_array(field, delta, starts_at, ends_at))
-   FROM team_addons WHERE team_id = :t),
+   FROM team_addons WHERE team_id = %(t)s),
   t.id IS NOT NULL, t.blocked_at, t.blocked_reason, t.spend_limit
-FROM (SELECT 1) one LEFT JOIN teams t ON t.id = :t
+FROM (SELECT 1) one LEFT JOIN teams t ON t.id = %(t)s
 """)
 
 
@@ -129,7 +131,11 @@ def _ts(value: str | None) -> datetime | None:
 
 
 def team_context(session: Session, team_id: str) -> TeamContext:
-    row = session.execute(_CONTEXT, {"t": team_id}).one()
+    return context_from_row(
+        session.connection().exec_driver_sql(CONTEXT_SQL, {"t": team_id}).one())
+
+
+def context_from_row(row: Any) -> TeamContext:
     assignments = [Assignment(p, datetime.fromisoformat(at)) for p, at in (row[0] or [])]
     overrides = [LimitOverride(max_execution_s=o[0], concurrency=o[1], starts_per_second=o[2],
                                max_vcpu=o[3], max_memory_mib=o[4], max_disk_mib=o[5],

@@ -20,8 +20,9 @@ from metering.config import get_settings
 from metering.core.clock import EPOCH
 from metering.core.limits import LIMIT_FIELDS, effective_limits
 from metering.core.pricing import PriceSchedule
+from metering.db import pipeline
 from metering.errors import BadRequest, NotFound
-from metering.plugins import Standing, TeamLimits
+from metering.plugins import Prefetch, Standing, TeamLimits
 from metering.teams.models import Team
 
 
@@ -55,29 +56,49 @@ class PlanBilling:
         return self._limits(session, repo.team_context(session, team_id), at)
 
     def standing(self, session: Session, team_id: str, now: datetime) -> Standing:
-        ctx = repo.team_context(session, team_id)
-        version = self._version(session, ctx, now)
-        return credits.standing(session, team_id, now, version.credit_enforced,
-                                version.currency, ctx, self._schedule(session, ctx, now))
+        return self.view(session, team_id, now)[1]
+
+    def admission_prefetch(self, team_id: str) -> Prefetch:
+        return Prefetch(repo.CONTEXT_SQL, {"t": team_id})
 
     def admission(
-        self, session: Session, team_id: str, now: datetime
+        self, session: Session, team_id: str, now: datetime, prefetched: Any = None
     ) -> tuple[TeamLimits, Standing]:
-        return self.view(session, team_id, now, full=False)
+        ctx = repo.context_from_row(prefetched) if prefetched is not None else None
+        return self.view(session, team_id, now, full=False, ctx=ctx)
 
     def view(
-        self, session: Session, team_id: str, now: datetime, full: bool = True
+        self, session: Session, team_id: str, now: datetime, full: bool = True,
+        ctx: repo.TeamContext | None = None, must_exist: bool = False,
     ) -> tuple[TeamLimits, Standing]:
         """Limits and standing from one read of the team; `full=False` computes only what an
-        admission decides on (credit where enforced, spend under a limit, no burn rate)."""
-        ctx = repo.team_context(session, team_id)
+        admission decides on (credit where enforced, spend under a limit, no burn rate).
+        `must_exist`: a team that does not exist is a 404."""
+        if ctx is None and not full:
+            ctx = repo.team_context(session, team_id)  # what to read depends on the plan
+        if ctx is not None:
+            credit_enforced = self._version(session, ctx, now).credit_enforced
+            need_credit = full or credit_enforced
+            need_spend = full or ctx.spend_limit is not None
+        else:
+            need_credit = need_spend = True
+        # One round trip for the team (unless known), its grants, its newest invoiced month
+        # and what it runs now; usage follows in a second.
+        reads = credits.ledger_reads(team_id, now, credit=need_credit, burn=full)
+        if ctx is None:
+            reads.insert(0, (repo.CONTEXT_SQL, {"t": team_id}))
+        rows = pipeline(session, reads)
+        if ctx is None:
+            ctx = repo.context_from_row(rows.pop(0)[0])
+        if must_exist and not ctx.exists:
+            raise NotFound(f"no team {team_id}")
+        ledger = credits.ledger_from_rows(rows, credit=need_credit, burn=full)
         limits = self._limits(session, ctx, now)
         version = self._version(session, ctx, now)
         standing = credits.standing(
             session, team_id, now, version.credit_enforced, version.currency, ctx,
-            self._schedule(session, ctx, now),
-            need_credit=full or version.credit_enforced,
-            need_spend=full or ctx.spend_limit is not None, need_burn=full)
+            self._schedule(session, ctx, now), ledger, need_credit=need_credit,
+            need_spend=need_spend, need_burn=full)
         return limits, standing
 
 

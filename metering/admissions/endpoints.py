@@ -12,11 +12,12 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
 from metering.admissions import service
-from metering.api.deps import authenticate, bearer
+from metering.api.deps import bearer
 from metering.api.errors import ErrorOut
 from metering.core.clock import from_ms, to_ms, utc_now
 from metering.core.limits import AdmissionRequest
 from metering.db import transaction
+from metering.errors import Unauthorized
 
 router = APIRouter(tags=["admissions"])
 
@@ -64,11 +65,12 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 
 def _admit(app_state: Any, token: str | None, body: AdmissionIn) -> service.Decision:
     """The whole unit of work in one worker thread: key, decision, lease, commit."""
+    if not token:
+        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
     with transaction(app_state.sessions) as session:
-        authenticate(session, token).require("ingest")
         now = from_ms(to_ms(utc_now()))
         return service.admit(
-            session, app_state.settings, body.team_id, body.sandbox_id,
+            session, app_state.settings, token, body.team_id, body.sandbox_id,
             AdmissionRequest(body.vcpu, body.memory_mib, body.disk_mib, body.timeout_s), now)
 
 

@@ -1,42 +1,57 @@
-"""Every query of admissions: the per-team lock, counts, and leases."""
+"""Every query of admissions: the key, the per-team lock, counts, and leases.
+
+The start path runs on the session's psycopg connection in pipeline mode, so its statements
+are written in the driver's paramstyle (`%(name)s`): all reads travel in one round trip, the
+lease and the commit in a second.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+from metering.plugins import Prefetch
 
-_LIVE_LEASE = text("""
+_KEY = "SELECT role, revoked_at FROM api_keys WHERE digest = %(digest)s"
+
+# The team's lock is taken only for a key allowed to admit, so a stranger cannot hold it.
+_LOCK = """
+SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0)) FROM api_keys
+WHERE digest = %(digest)s AND revoked_at IS NULL AND role IN ('ingest', 'admin')
+"""
+
+_LIVE_LEASE = """
 SELECT id, max_duration_s, expires_at FROM leases
-WHERE sandbox_id = :sandbox_id AND team_id = :team_id AND consumed_at IS NULL
-  AND expires_at > :now
+WHERE sandbox_id = %(sandbox_id)s AND team_id = %(team_id)s AND consumed_at IS NULL
+  AND expires_at > %(now)s
 ORDER BY created_at DESC LIMIT 1
-""")
+"""
 
-_COUNTS = text("""
+_COUNTS = """
 SELECT
   (SELECT count(*) FROM executions e
-   WHERE e.team_id = :team_id AND e.end_at IS NULL AND e.inferred_end_at IS NULL
+   WHERE e.team_id = %(team_id)s AND e.end_at IS NULL AND e.inferred_end_at IS NULL
      AND e.start_at IS NOT NULL
-     AND e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)),
+     AND e.last_event_at > CAST(%(now)s AS timestamptz) - CAST(%(stale)s AS interval)),
   (SELECT count(*) FROM leases l
-   WHERE l.team_id = :team_id AND l.consumed_at IS NULL AND l.expires_at > :now),
+   WHERE l.team_id = %(team_id)s AND l.consumed_at IS NULL AND l.expires_at > %(now)s),
   (SELECT count(*) FROM leases l
-   WHERE l.team_id = :team_id AND l.created_at > CAST(:now AS timestamptz) - interval '1 second'
-     AND l.created_at <= :now)
-""")
+   WHERE l.team_id = %(team_id)s
+     AND l.created_at > CAST(%(now)s AS timestamptz) - interval '1 second'
+     AND l.created_at <= %(now)s)
+"""
 
-_INSERT = text("""
+_INSERT = """
 INSERT INTO leases (id, team_id, sandbox_id, vcpu, memory_mib, disk_mib, max_duration_s,
                     created_at, expires_at)
-VALUES (:id, :team_id, :sandbox_id, :vcpu, :memory_mib, :disk_mib, :max_duration_s, :now,
-        :expires_at)
-""")
+VALUES (%(id)s, %(team_id)s, %(sandbox_id)s, %(vcpu)s, %(memory_mib)s, %(disk_mib)s,
+        %(max_duration_s)s, %(now)s, %(expires_at)s)
+"""
 
 _CONSUME = text("""
 UPDATE leases SET consumed_at = :now
@@ -46,23 +61,58 @@ WHERE sandbox_id = ANY(CAST(:sandboxes AS text[])) AND consumed_at IS NULL
 _PURGE = text("DELETE FROM leases WHERE expires_at < :before")
 
 
-def lock_team(session: Session, team_id: str) -> None:
-    """Serialize admissions of one team (transaction-scoped), so counts and inserts are atomic."""
-    session.execute(_LOCK, {"key": f"admission:{team_id}"})
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    """What the first round trip of an admission read."""
+
+    key_role: str | None  # None: no such key, or revoked
+    lease: Any  # (id, max_duration_s, expires_at) of the sandbox's live lease, or None
+    running: int
+    leases: int
+    starts_last_second: int
+    billing_row: Any  # the first row of the billing side's statement (None if it has none)
 
 
-def live_lease(session: Session, team_id: str, sandbox_id: str, now: datetime) -> Any:
-    return session.execute(_LIVE_LEASE, {
-        "sandbox_id": sandbox_id, "team_id": team_id, "now": now}).first()
+def prefetch(
+    session: Session, digest: str, team_id: str, sandbox_id: str, now: datetime,
+    stale: timedelta, billing: Prefetch | None,
+) -> Prefetched:
+    """The key, the team's lock, the live lease, the counts and billing's read, pipelined.
+
+    The statements of a pipeline run one after another, each with a snapshot of its own, so
+    the reads after the lock see every admission of the team that committed before it."""
+    raw = _driver(session)
+    params = {"digest": digest, "key": f"admission:{team_id}", "team_id": team_id,
+              "sandbox_id": sandbox_id, "now": now, "stale": stale}
+    with raw.pipeline():
+        key = raw.execute(_KEY, params)
+        raw.execute(_LOCK, params)
+        lease = raw.execute(_LIVE_LEASE, params)
+        counts = raw.execute(_COUNTS, params)
+        extra = raw.execute(billing.sql, billing.params) if billing is not None else None
+    key_row = key.fetchone()
+    running, leases, starts = counts.fetchone()
+    return Prefetched(
+        key_role=key_row[0] if key_row is not None and key_row[1] is None else None,
+        lease=lease.fetchone(), running=int(running), leases=int(leases),
+        starts_last_second=int(starts),
+        billing_row=extra.fetchone() if extra is not None else None)
 
 
-def counts(session: Session, team_id: str, now: datetime, stale: timedelta) -> tuple[int, int, int]:
-    row = session.execute(_COUNTS, {"team_id": team_id, "now": now, "stale": stale}).one()
-    return int(row[0]), int(row[1]), int(row[2])
+def insert_lease_and_commit(session: Session, **values: Any) -> None:
+    """Insert the lease and commit the admission (releasing the team's lock) in one round
+    trip; the session's own commit afterwards finds nothing left to do."""
+    raw = _driver(session)
+    with raw.pipeline():
+        raw.execute(_INSERT, values)
+        raw.commit()
 
 
-def insert_lease(session: Session, **values: Any) -> None:
-    session.execute(_INSERT, values)
+def _driver(session: Session) -> Any:
+    """The psycopg connection under the session's (already begun) transaction."""
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    return raw
 
 
 def consume(session: Session, sandboxes: Sequence[str], now: datetime) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from metering.db import pipeline
+
 # The billed end of a segment, with the running/stale rule.
 _SEGMENT_END = """
     CASE WHEN s.end_at IS NOT NULL THEN s.end_at
@@ -126,18 +128,22 @@ def bucket_usage(
                 totals[index][1] += int(r[2] or 0)
 
     params = {"team_id": team_id, "now": now, "stale": stale_after}
-    add(session.execute(_BUCKETED_OPEN, {
-        **params, "start": bounds[0], "end": bounds[-1], "bounds": list(bounds)}))
     partial = sorted({_floor_hour(b) for b in bounds if b != _floor_hour(b)})
-    add(session.execute(_ROLLUPS, {
-        "team_id": team_id, "bounds": list(bounds), "start": _floor_hour(bounds[0]),
-        "end": bounds[-1], "partial": partial}))
+    statements: list[tuple[Any, dict[str, Any]]] = [
+        (_BUCKETED_OPEN, {**params, "start": bounds[0], "end": bounds[-1],
+                          "bounds": list(bounds)}),
+        (_ROLLUPS, {"team_id": team_id, "bounds": list(bounds), "start": _floor_hour(bounds[0]),
+                    "end": bounds[-1], "partial": partial})]
+    shifts = [0, 0]
     for hour in partial:
         lo, hi = max(hour, bounds[0]), min(hour + timedelta(hours=1), bounds[-1])
         inner = [lo, *(b for b in bounds if lo < b < hi), hi]
-        first = max(i for i, b in enumerate(bounds) if b <= lo)
-        add(session.execute(_BUCKETED_SETTLED, {
-            **params, "start": lo, "end": hi, "bounds": inner}), shift=first)
+        shifts.append(max(i for i, b in enumerate(bounds) if b <= lo))
+        statements.append((_BUCKETED_SETTLED, {**params, "start": lo, "end": hi,
+                                               "bounds": inner}))
+    # One round trip: open executions, rollups and every partial hour.
+    for rows, shift in zip(pipeline(session, statements), shifts, strict=True):
+        add(rows, shift)
     return [BucketUsage(bounds[i], bounds[i + 1], totals[i][0], totals[i][1])
             for i in range(len(totals))]
 

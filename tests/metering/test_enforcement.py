@@ -57,12 +57,12 @@ class FakeBilling(DefaultBilling):
     looks: list[str] = field(default_factory=list)
     broken: set[str] = field(default_factory=set)
 
-    def admission(self, session: Session, team_id: str, now: datetime
-                  ) -> tuple[TeamLimits, Standing]:
+    def admission(self, session: Session, team_id: str, now: datetime,
+                  prefetched: Any = None) -> tuple[TeamLimits, Standing]:
         self.looks.append(team_id)
         if team_id in self.broken:
             raise ValueError(f"no plan data for {team_id}")
-        return super().admission(session, team_id, now)
+        return super().admission(session, team_id, now, prefetched)
 
     def limits(self, session: Session, team_id: str, at: datetime) -> TeamLimits:
         plan = self.plans.get(team_id, "hobby")
