@@ -12,9 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import MetaData, create_engine
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.elements import TextClause
 
@@ -83,11 +85,27 @@ def pipeline(
     (read committed), exactly as if executed one by one."""
     if not statements:
         return []
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
-    with raw.pipeline():
+    with driver(session) as raw, raw.pipeline():
         cursors = [raw.execute(driver_sql(sql), params) for sql, params in statements]
     return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
+
+
+@contextmanager
+def driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
+    """The psycopg connection under the session's transaction, for what SQLAlchemy cannot
+    do (pipeline mode). Its errors come out as SQLAlchemy's (so a dead server is a 503 and
+    the pool drops the connection), exactly as if SQLAlchemy had run the statements."""
+    connection = session.connection()
+    raw = connection.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    try:
+        yield raw
+    except psycopg.Error as exc:
+        broken = raw.broken or raw.closed
+        if broken:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(None, None, exc, psycopg.Error,
+                                  connection_invalidated=broken) from exc
 
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from metering.db import driver
 from metering.plugins import Prefetch
 
 _KEY = "SELECT role, revoked_at FROM api_keys WHERE digest = %(digest)s"
@@ -81,17 +82,18 @@ def prefetch(
 
     The statements of a pipeline run one after another, each with a snapshot of its own, so
     the reads after the lock see every admission of the team that committed before it."""
-    raw = _driver(session)
     params = {"digest": digest, "key": f"admission:{team_id}", "team_id": team_id,
               "sandbox_id": sandbox_id, "now": now, "stale": stale}
-    with raw.pipeline():
+    with driver(session) as raw, raw.pipeline():
         key = raw.execute(_KEY, params)
         raw.execute(_LOCK, params)
         lease = raw.execute(_LIVE_LEASE, params)
         counts = raw.execute(_COUNTS, params)
         extra = raw.execute(billing.sql, billing.params) if billing is not None else None
     key_row = key.fetchone()
-    running, leases, starts = counts.fetchone()
+    counted = counts.fetchone()
+    assert counted is not None  # counts always answer one row
+    running, leases, starts = counted
     return Prefetched(
         key_role=key_row[0] if key_row is not None and key_row[1] is None else None,
         lease=lease.fetchone(), running=int(running), leases=int(leases),
@@ -102,17 +104,9 @@ def prefetch(
 def insert_lease_and_commit(session: Session, **values: Any) -> None:
     """Insert the lease and commit the admission (releasing the team's lock) in one round
     trip; the session's own commit afterwards finds nothing left to do."""
-    raw = _driver(session)
-    with raw.pipeline():
+    with driver(session) as raw, raw.pipeline():
         raw.execute(_INSERT, values)
         raw.commit()
-
-
-def _driver(session: Session) -> Any:
-    """The psycopg connection under the session's (already begun) transaction."""
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
-    return raw
 
 
 def consume(session: Session, sandboxes: Sequence[str], now: datetime) -> None:

@@ -53,10 +53,17 @@ def test_database_down_means_503_then_recovery_without_restart(embedded: Any) ->
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     first = [event("created", time=iso(t0), vcpu=2, memory_mib=512, id="c1")]
     during = [event("killed", time=iso(t0 + timedelta(seconds=90)), id="k1")]
+    admission = {"team_id": "team_1", "sandbox_id": "sbx_next", "vcpu": 1, "memory_mib": 512}
     with TestClient(app) as client:
+        assert client.post("/v1/admissions", json=admission,
+                           headers=Keys.auth(key)).status_code == 200
         assert client.post("/v1/events", json=first, headers=Keys.auth(key)).status_code == 200
         stop(embedded)
         try:
+            # the admission meets the pooled connection to the dead server first
+            refused = client.post("/v1/admissions", json=admission, headers=Keys.auth(key))
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "storage_unavailable"
             response = client.post("/v1/events", json=during, headers=Keys.auth(key))
             assert response.status_code == 503
             assert response.json()["error"]["code"] == "storage_unavailable"
@@ -72,6 +79,8 @@ def test_database_down_means_503_then_recovery_without_restart(embedded: Any) ->
             time.sleep(0.2)
         assert response.json() == {"accepted": 1, "duplicates": 0, "rejected": 0, "errors": []}
         assert client.get("/readyz").status_code == 200
+        admitted = client.post("/v1/admissions", json=admission, headers=Keys.auth(key))
+        assert admitted.status_code == 200, admitted.text
         usage = client.get("/v1/teams/team_1/usage", params={
             "start": iso(t0 - timedelta(hours=1)), "end": iso(t0 + timedelta(hours=1)),
             "granularity": "day"}, headers=Keys.auth(key))
