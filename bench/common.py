@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -19,6 +20,19 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = os.environ.get("METERING_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response with a Content-Length (what the service answers): status, body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
 
 
 def machine() -> str:
