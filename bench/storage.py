@@ -64,7 +64,9 @@ def main() -> None:
         conn.execute("VACUUM FULL sample_minutes")
         conn.execute("VACUUM FULL host_stats_pending")
         conn.execute("VACUUM FULL naive_events")
-        folded = conn.execute("SELECT pg_total_relation_size('sample_minutes')").fetchone()[0]
+        # Partitioned: the parent has no storage of its own; sum its monthly partitions.
+        folded = conn.execute("SELECT sum(pg_total_relation_size(relid)) "
+                              "FROM pg_partition_tree('sample_minutes')").fetchone()[0]
         pending = conn.execute("SELECT pg_total_relation_size('host_stats_pending')").fetchone()[0]
         naive = conn.execute("SELECT pg_total_relation_size('naive_events')").fetchone()[0]
         rows = conn.execute("SELECT count(*), sum(samples) FROM sample_minutes").fetchone()

@@ -1,4 +1,4 @@
-"""The `metering` command: serve, worker, migrate, keys (and, later, invoices and stripe)."""
+"""The `metering` command: serve, worker, migrate, keys, retention (and invoices and stripe)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,27 @@ def cmd_keys_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention_run(args: argparse.Namespace) -> int:
+    from billing.retention import run_retention
+
+    settings = get_settings()
+    engine = make_engine(resolve_database_url(settings), pool_size=1)
+    migrate.upgrade(engine)
+    summary = run_retention(make_sessionmaker(engine), settings, dry_run=args.dry_run)
+    if summary.skipped:
+        print(f"skipped: {summary.skipped}")
+        return 0
+    what = "would drop" if summary.dry_run else "dropped"
+    print(f"sample retention{' (dry run)' if summary.dry_run else ''}: current month and "
+          f"{summary.retention_months} before it kept; horizon {summary.kept_from_before or '-'}"
+          f" -> {summary.kept_from or '-'}")
+    for verdict in summary.verdicts:
+        action = what if verdict.drop else "keep"
+        print(f"  {verdict.period}  {action:10} {verdict.bytes / 1e6:10.1f} MB  {verdict.reason}")
+    print(f"{what} {len(summary.dropped)} month(s), {summary.bytes_freed / 1e6:.1f} MB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(func=cmd_keys_revoke)
     keys_sub.add_parser("list", help="list keys (never their secrets)").set_defaults(
         func=cmd_keys_list)
+    retention_p = sub.add_parser("retention", help="drop per-minute samples past retention")
+    retention_sub = retention_p.add_subparsers(dest="retention_command", required=True)
+    retention_run = retention_sub.add_parser(
+        "run", help="drop sample months older than METERING_SAMPLE_RETENTION_MONTHS that are "
+                    "closed and invoiced")
+    retention_run.add_argument("--dry-run", action="store_true",
+                               help="say what would be dropped and why the rest is kept")
+    retention_run.set_defaults(func=cmd_retention_run)
     from billing.invoices_cli import add_invoice_commands
     from billing.stripe_sync.cli import add_stripe_commands
 

@@ -15,6 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.invoices.close import close_due_periods
+from billing.retention import run_retention
 from billing.stripe_sync import jobs as stripe_jobs
 from metering import jobs as metering_jobs
 from metering import jobs_enforcement, observability
@@ -52,11 +53,15 @@ def job_table(
         ("settle_stale", settings.fold_interval_s * 2,
          lambda: metering_jobs.settle_stale(sessions, settings.stale_after_s)),
         ("purge_leases", 3600.0, lambda: metering_jobs.purge_leases(sessions)),
+        ("sample_partitions", 3600.0,
+         lambda: metering_jobs.maintain_sample_partitions(sessions)),
+        ("sample_retention", 3600.0, lambda: run_retention(sessions, settings)),
         ("enforce_limits", settings.sweep_interval_s,
          lambda: jobs_enforcement.sweep_enforcement(sessions, settings.stale_after_s)),
         ("deliver_webhooks", settings.sweep_interval_s,
          lambda: jobs_enforcement.deliver_webhooks(sessions, settings)),
-        ("close_due_periods", 600.0, lambda: close_due_periods(sessions, settings)),
+        ("close_due_periods", settings.close_interval_s,
+         lambda: close_due_periods(sessions, settings)),
         *stripe_jobs.job_entries(sessions, settings),
     ]
 

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 10 * 1024 * 1024
     future_tolerance_s: int = 300
     stale_after_s: int = 60
+    # Per-minute samples: the current month and this many before it are kept; older months
+    # are dropped once closed and invoiced (billing.retention). At least 1.
+    sample_retention_months: int = Field(default=3, ge=1)
 
     # Default prices (E2B's public ones), used where a plan version does not say otherwise.
     price_vcpu_second: Decimal = Decimal("0.000014")
@@ -52,6 +55,8 @@ class Settings(BaseSettings):
     run_scheduler: bool = True
     sweep_interval_s: float = 1.0  # float-ok
     fold_interval_s: float = 5.0  # float-ok
+    close_interval_s: float = 600.0  # float-ok: how often the worker looks for a month to close
+    stripe_sync_interval_s: float = 60.0  # float-ok: how often the worker syncs to Stripe
     metrics_port: int | None = None  # `metering worker` serves /metrics here when set
 
 

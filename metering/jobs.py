@@ -7,10 +7,11 @@ the fold takes an exclusive advisory lock, and the liveness refresh is a monoton
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from metering import retention
 from metering.core.clock import from_ms, to_ms, utc_now
 from metering.db import transaction
 from metering.executions import repository as executions_repo
@@ -29,19 +30,46 @@ def refresh_liveness(sessions: sessionmaker[Session]) -> int:
 
 def fold_samples(sessions: sessionmaker[Session]) -> int:
     """Fold pending samples older than three minutes into minute rows, refreshing liveness
-    first so no newest-event time is lost. Never folds fresher samples: ingest relies on it."""
+    first so no newest-event time is lost. Never folds fresher samples: ingest relies on it.
+
+    Samples of months before the retention horizon are discarded (counted and logged): their
+    partition was dropped on purpose. They still served liveness before the fold."""
     watermark = utc_now().replace(second=0, microsecond=0) - FOLD_AGE
-    moved_total = 0
+    moved_total = discarded_total = 0
     while True:
         with transaction(sessions) as session:
             ingest_repo.refresh_liveness(session)
-            moved = ingest_repo.fold(session, watermark, FOLD_BATCH)
-        moved_total += moved
-        if moved < FOLD_BATCH:
+            batch = _fold_batch(session, watermark)
+        moved_total += batch.moved
+        discarded_total += batch.discarded
+        if batch.moved < FOLD_BATCH:
             break
     if moved_total:
         log.info("folded samples", extra={"samples": moved_total})
+    if discarded_total:
+        log.warning("discarded samples of months past sample retention",
+                    extra={"samples": discarded_total})
     return moved_total
+
+
+def _fold_batch(session: Session, watermark: datetime) -> ingest_repo.FoldBatch:
+    """One batch under the fold lock, making the partitions it needs first. The hot path is
+    one statement: the months known to have a partition are a process-wide memory, and the
+    statement answers the months it lacks instead of failing on them."""
+    ingest_repo.lock_fold(session)
+    kept_from = retention.kept_from(session)
+    months = set(retention.known_partitions.months(session))
+    for _ in range(4):  # at worst: stale memory, then missing months, then the batch
+        batch = ingest_repo.fold(session, watermark, FOLD_BATCH, kept_from=kept_from,
+                                 partitions=retention.as_multirange(months))
+        if batch.partitions_stale:  # dropped by someone else: ask the catalog again
+            retention.known_partitions.forget()
+            months = set(retention.attached_months(session))
+        elif batch.missing:
+            months |= retention.ensure_partitions(session, batch.missing)
+        else:
+            return batch
+    raise RuntimeError("the fold still lacks sample partitions after making them")
 
 
 SETTLE_BATCH = 5_000
@@ -68,3 +96,12 @@ def purge_leases(sessions: sessionmaker[Session]) -> int:
 
     with transaction(sessions) as session:
         return admissions_repo.purge(session, utc_now() - timedelta(days=1))
+
+
+def maintain_sample_partitions(sessions: sessionmaker[Session]) -> list[datetime]:
+    """Make the current and the next month's sample partitions ahead of need."""
+    made = retention.precreate(sessions, utc_now())
+    if made:
+        log.info("sample partitions made ahead", extra={
+            "months": [m.strftime("%Y-%m") for m in made]})
+    return made

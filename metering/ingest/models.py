@@ -6,7 +6,10 @@
   moves them into `sample_minutes` once their minute is well past.
 - `sample_minutes`: one row per execution-minute with avg/max figures and, for exact
   deduplication forever, one 64-bit tag per sample: 48 bits of the (source, id) hash and 16
-  bits of the content hash. About 8 bytes a sample instead of a row each.
+  bits of the content hash. About 8 bytes a sample instead of a row each. Partitioned by
+  UTC calendar month of `minute` (`sample_minutes_pYYYY_MM`, see `metering.retention`), so
+  that old months are dropped whole.
+- `sample_retention`: at most one row, the first month whose samples are still kept.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     Index,
     Integer,
     LargeBinary,
     PrimaryKeyConstraint,
+    SmallInteger,
     String,
     text,
 )
@@ -67,7 +72,9 @@ class PendingSample(Base):
 
 class SampleMinute(Base):
     __tablename__ = "sample_minutes"
-    __table_args__ = (PrimaryKeyConstraint("execution_id", "minute"),)
+    # Partitions are made by `metering.retention`, never by the ORM.
+    __table_args__ = (PrimaryKeyConstraint("execution_id", "minute"),
+                      {"postgresql_partition_by": "RANGE (minute)"})
 
     execution_id: Mapped[str] = mapped_column(String(256))
     minute: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -82,3 +89,17 @@ class SampleMinute(Base):
     mem_max: Mapped[int | None] = mapped_column(Integer)
     last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     tags: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+
+
+class SampleRetention(Base):
+    """The retention horizon of samples: months before `kept_from` were dropped (or never
+    held anything), and samples of those months are discarded by the fold. No row: nothing
+    has been dropped yet."""
+
+    __tablename__ = "sample_retention"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False,
+                                    server_default=text("1"))
+    kept_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

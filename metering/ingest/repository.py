@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import text
@@ -17,6 +18,10 @@ from metering.executions.repository import reopen_if_newer
 # checked against a minute row while the fold is moving that minute out of the pending table.
 FOLD_LOCK = 0x6D657472  # "metr"
 UNIQUE_VIOLATION = "23505"
+# What PostgreSQL raises for a row of a month without a partition (check_violation).
+NO_PARTITION = "23514"
+# The horizon when nothing was ever dropped: before any representable sample time.
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 
 _INSERT_PENDING_SQL = """
 INSERT INTO host_stats_pending (source, id, execution_id, time, cpu_centipct, memory_used_mib, tag)
@@ -67,6 +72,13 @@ JOIN unnest(CAST(:source AS text[]), CAST(:id AS text[])) AS k(source, id)
   ON e.source = k.source AND e.id = k.id
 """)
 
+# One statement moves a batch: delete from the pending table, aggregate per execution-minute,
+# upsert. Rows go only into months that have a partition (`:partitions`, the caller's
+# knowledge) and are after the retention horizon (`:kept_from`); samples before the horizon
+# are deleted and counted as discarded. A sample of any other month would make PostgreSQL
+# fail the whole statement, so it is answered instead, with its month: the caller rolls the
+# batch back, makes the partitions and folds again. The checks cost two comparisons per
+# sample on the pass the count already makes; the month is computed only for rows outside.
 _FOLD = text("""
 WITH moved AS (
     DELETE FROM host_stats_pending
@@ -89,6 +101,9 @@ WITH moved AS (
     SELECT agg.execution_id, minute, e.team_id, e.sandbox_id, samples, cpu_samples, cpu_sum,
            cpu_max, mem_samples, mem_sum, mem_max, last_at, tags
     FROM agg JOIN executions e ON e.execution_id = agg.execution_id
+    -- On last_at, in the same minute as `minute`: an aggregate, so the check runs once per
+    -- row made rather than being pushed down to every sample.
+    WHERE agg.last_at >= :kept_from AND agg.last_at <@ CAST(:partitions AS tstzmultirange)
     ON CONFLICT (execution_id, minute) DO UPDATE SET
         samples = m.samples + excluded.samples,
         cpu_samples = m.cpu_samples + excluded.cpu_samples,
@@ -99,9 +114,11 @@ WITH moved AS (
         mem_max = greatest(m.mem_max, excluded.mem_max),
         last_at = greatest(m.last_at, excluded.last_at),
         tags = m.tags || excluded.tags
-    RETURNING 1
 )
-SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM upserted)
+SELECT count(*), count(*) FILTER (WHERE time < :kept_from),
+       array_agg(DISTINCT date_trunc('month', time, 'UTC')) FILTER (
+           WHERE time >= :kept_from AND NOT time <@ CAST(:partitions AS tstzmultirange))
+FROM moved
 """)
 
 _NEWEST_PENDING = text("""
@@ -203,11 +220,46 @@ def lifecycle_digests(
     return {(r[0], r[1]): bytes(r[2]) for r in rows}
 
 
-def fold(session: Session, watermark: datetime, limit: int) -> int:
-    """Move pending samples older than the watermark into minute rows; answer how many."""
+@dataclass(frozen=True, slots=True)
+class FoldBatch:
+    """One fold statement: `moved` samples left the pending table, `discarded` of them for
+    months before the retention horizon. With `missing` months (no partition) or
+    `partitions_stale` (PostgreSQL found no partition where the caller thought there was
+    one), nothing happened: the batch was rolled back."""
+
+    moved: int
+    discarded: int
+    missing: tuple[datetime, ...] = ()
+    partitions_stale: bool = False
+
+
+def lock_fold(session: Session) -> None:
+    """One fold (or horizon move) at a time; ingest of old samples waits (shared lock)."""
     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FOLD_LOCK})
-    row = session.execute(_FOLD, {"watermark": watermark, "limit": limit}).one()
-    return int(row[0])
+
+
+def fold(
+    session: Session, watermark: datetime, limit: int, *, kept_from: datetime | None,
+    partitions: str,
+) -> FoldBatch:
+    """Move up to `limit` pending samples older than the watermark into minute rows of the
+    months in `partitions` (a `tstzmultirange`), discarding those before `kept_from`. The
+    caller holds the fold lock (`lock_fold`)."""
+    params = {"watermark": watermark, "limit": limit, "partitions": partitions,
+              "kept_from": kept_from or EARLIEST}
+    savepoint = session.begin_nested()
+    try:
+        row = session.execute(_FOLD, params).one()
+    except IntegrityError as exc:
+        savepoint.rollback()
+        if getattr(exc.orig, "sqlstate", None) == NO_PARTITION:
+            return FoldBatch(0, 0, partitions_stale=True)
+        raise
+    if row[2]:
+        savepoint.rollback()
+        return FoldBatch(0, 0, missing=tuple(sorted(row[2])))
+    savepoint.commit()
+    return FoldBatch(int(row[0]), int(row[1]))
 
 
 def refresh_liveness(session: Session) -> int:
