@@ -28,7 +28,6 @@ from metering.teams.service import block_team
 
 log = logging.getLogger(__name__)
 
-SYNC_INTERVAL_S = 60.0
 EVENTS_INTERVAL_S = 30.0
 DUNNING_INTERVAL_S = 60.0
 
@@ -78,7 +77,7 @@ def job_entries(sessions: sessionmaker[Session], settings: Settings,
     if settings.stripe_api_key:
         gateway = StripeGateway.from_settings(settings)
         entries += [
-            ("stripe_sync", SYNC_INTERVAL_S,
+            ("stripe_sync", settings.stripe_sync_interval_s,
              lambda: sync_invoices(sessions, gateway, settings)),
             ("stripe_events", EVENTS_INTERVAL_S,
              lambda: retry_stripe_events(sessions, gateway, settings)),

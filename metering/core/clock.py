@@ -2,20 +2,93 @@
 
 Every module asks `utc_now()` for the time so that tests and the simulated orchestrator can
 move one clock instead of many.
+
+Simulation clock. `METERING_SIM_CLOCK="<real anchor>,<simulated anchor>,<rate>"` (unix seconds,
+unix seconds, simulated seconds per real second), read once when this module is imported, makes
+`utc_now()` answer ``simulated anchor + (real now - real anchor) * rate``. Every process started
+with the same value (the API, any number of workers, a test's simulated orchestrator through
+`SimClock.now`) then shares one simulated clock: a rate of 100 plays an hour in 36 s, and a rate
+of 1 with a later simulated anchor is a process that lives some minutes in the future (a worker
+restarted after the leases of a crashed one ran out). Only the service's own notion of time
+moves: the intervals of the worker's jobs, HTTP timeouts and the database's `now()` stay real,
+so durations the service measures on its clock (leases, grace periods, backoffs) shrink by the
+rate. Simulations and tests only; unset in production.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EPOCH = _EPOCH
 _offset = timedelta(0)
+SIM_CLOCK_ENV = "METERING_SIM_CLOCK"
+
+
+@dataclass(frozen=True, slots=True)
+class SimClock:
+    """A simulated clock: at real unix time `real_anchor` it reads `sim_anchor`, and it runs
+    `rate` times faster than real time."""
+
+    real_anchor_us: int  # unix microseconds
+    sim_anchor_us: int  # unix microseconds
+    rate: float  # float-ok: a simulation's speed, never money or usage
+
+    @classmethod
+    def parse(cls, value: str) -> SimClock:
+        """`"<real anchor>,<simulated anchor>,<rate>"`, anchors in unix seconds."""
+        try:
+            real_s, sim_s, rate_s = (part.strip() for part in value.split(","))
+            real, sim, rate = float(real_s), float(sim_s), float(rate_s)  # float-ok
+        except ValueError as exc:
+            raise ValueError(f"{SIM_CLOCK_ENV} must be '<real anchor epoch s>,"
+                             f"<simulated anchor epoch s>,<rate>', got {value!r}") from exc
+        if not rate > 0:
+            raise ValueError(f"{SIM_CLOCK_ENV}: the rate must be positive, got {rate_s!r}")
+        return cls(round(real * 1_000_000), round(sim * 1_000_000), rate)
+
+    @classmethod
+    def starting(cls, sim_start: datetime, rate: float = 1.0,  # float-ok
+                 real_start: float | None = None) -> SimClock:  # float-ok: unix seconds
+        """The clock that reads `sim_start` at real unix time `real_start` (default now)."""
+        real = time.time() if real_start is None else real_start
+        return cls(round(real * 1_000_000), to_ms(sim_start) * 1000, rate)
+
+    def setting(self) -> str:
+        """The `METERING_SIM_CLOCK` value of this clock, for processes to share it."""
+        return (f"{self.real_anchor_us / 1_000_000:.6f},{self.sim_anchor_us / 1_000_000:.6f},"
+                f"{self.rate!r}")
+
+    def now(self) -> datetime:
+        """The simulated time now."""
+        return self.at_real_us(time.time_ns() // 1000)
+
+    def at_real_us(self, real_us: int) -> datetime:
+        """The simulated time at real unix time `real_us` (microseconds)."""
+        elapsed = real_us - self.real_anchor_us
+        if self.rate != 1:
+            elapsed = round(elapsed * self.rate)
+        return _EPOCH + timedelta(microseconds=self.sim_anchor_us + elapsed)
+
+
+def _sim_from_environment() -> SimClock | None:
+    value = os.environ.get(SIM_CLOCK_ENV, "").strip()
+    return SimClock.parse(value) if value else None
+
+
+_sim = _sim_from_environment()
 
 
 def utc_now() -> datetime:
-    """The current time, timezone-aware UTC (shifted by `set_offset` in simulations)."""
-    return datetime.now(UTC) + _offset
+    """The current time, timezone-aware UTC (simulated under `METERING_SIM_CLOCK`, shifted by
+    `set_offset` in tests)."""
+    sim = _sim
+    if sim is None:
+        return datetime.now(UTC) + _offset
+    return sim.now() + _offset
 
 
 def set_offset(offset: timedelta) -> None:

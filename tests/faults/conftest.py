@@ -1,5 +1,7 @@
 """Fault-injection plumbing: the real service as a subprocess on a fresh database, which a
-test can SIGKILL and restart, and a fleet of events whose exact usage is known in advance.
+test can SIGKILL and restart, and a fleet of events whose exact usage is known in advance;
+`metering worker` processes, the Stripe double as its own process, and the orchestrator's
+webhook receiver, for the tests of workers killed and run side by side.
 
 These tests are marked `faults` (`pytest -m "not faults"` leaves them out). Each prints its
 figures; run with `-s` to see them.
@@ -7,24 +9,34 @@ figures; run with `-s` to see them.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
 import pytest
 
+from metering.core.clock import SIM_CLOCK_ENV, SimClock
+from metering.enforcement.signing import (
+    MESSAGE_ID_HEADER,
+    SIGNATURE_HEADER,
+    InvalidSignature,
+    verify_signature,
+)
 from tests.conftest import SERVER_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,3 +237,228 @@ def read_usage(service: Service, key: str, fleet: Fleet) -> dict[str, tuple[Deci
             totals = response.json()["totals"]
             usage[team] = (Decimal(totals["vcpu_seconds"]), Decimal(totals["gib_seconds"]))
     return usage
+
+
+# --------------------------------------------------------------------------- more processes
+
+
+def sim_clock_env(clock: SimClock) -> dict[str, str]:
+    """The environment that puts a process on `clock` (see `metering.core.clock`)."""
+    return {SIM_CLOCK_ENV: clock.setting()}
+
+
+class Worker:
+    """`metering worker` in its own process group (SIGKILL takes all of it); its output goes
+    to `log`. Jobs run on the intervals of the settings in `env` (real seconds)."""
+
+    def __init__(self, database_url: str, log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self.env = {**os.environ, "DATABASE_URL": database_url,
+                    "METERING_LOG_LEVEL": "ERROR", "METERING_FOLD_INTERVAL_S": "1",
+                    **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 45) -> Worker:
+        launched = time.monotonic()
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [str(ROOT / ".venv/bin/metering"), "worker"], env=self.env, cwd=ROOT,
+                start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        while time.monotonic() - launched < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the worker exited with {self.process.returncode}: "
+                                   f"{self.output()[-2000:]}")
+            if "worker running" in self.output():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"the worker did not start: {self.output()[-2000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def job_failures(self) -> int:
+        """Jobs that raised (each is logged once as "job failed")."""
+        return self.output().count('"job failed"')
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, no warning: the job's open transaction dies with the process."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class StripeDoubleProcess:
+    """The Stripe test double (`tests.stripe_double.server`) as its own process, as Stripe is:
+    its API at `url`, its state and request log through the control endpoints."""
+
+    api_key = "sk_test_stripedouble"
+
+    def __init__(self, log: Path, seed: int = 1) -> None:
+        self.log = log  # its output: a client SIGKILLed mid-request shows there as a reset
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.seed = seed
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> StripeDoubleProcess:
+        launched = time.monotonic()
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [str(ROOT / ".venv/bin/python"), "-m", "tests.stripe_double.server",
+                 "--port", str(self.port), "--seed", str(self.seed), "--api-key", self.api_key],
+                cwd=ROOT, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        while time.monotonic() - launched < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Stripe double exited with {self.process.returncode}")
+            try:
+                if httpx.get(self.url + "/_double/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the Stripe double did not start")
+
+    def env(self) -> dict[str, str]:
+        """Settings that point the service at this double."""
+        return {"METERING_STRIPE_API_KEY": self.api_key, "METERING_STRIPE_API_BASE": self.url}
+
+    def state(self) -> dict[str, Any]:
+        """Every customer, invoice, invoice item and event the double holds."""
+        response = httpx.get(self.url + "/_double/state", timeout=30)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def requests(self) -> dict[str, Any]:
+        """Request counts by path and route, idempotency key counts, and every request."""
+        response = httpx.get(self.url + "/_double/requests", timeout=30)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Stoppable]]:
+    """Workers, doubles and receivers a test starts; all stopped at the end, whatever
+    happened (last started, first stopped)."""
+    started: list[Stoppable] = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+
+
+@dataclass
+class Delivery:
+    message_id: str
+    type: str
+    status: int  # what the receiver answered
+    body: dict[str, Any]
+
+
+class WebhookReceiver:
+    """The orchestrator's webhook endpoint, a real HTTP server in the test's process: checks
+    each delivery's signature (against `now`, the clock the senders sign with) and that the
+    `Metering-Message-Id` header names the body's id, records it, and answers 200, or 500 the
+    first time it sees a message id that `refuse_first` picks (a receiver that fails before
+    acknowledging: the sender must try again, and the id must still be acted on once). Each
+    answer takes `work_s`, as a receiver acting on the message would: a sender's claim on it
+    must outlast that."""
+
+    def __init__(self, secret: str, now: Callable[[], float],
+                 refuse_first: Callable[[int], bool] = lambda n: False,
+                 work_s: float = 0.0) -> None:
+        self.secret = secret
+        self.work_s = work_s
+        self.deliveries: list[Delivery] = []
+        self.rejected: list[str] = []  # bad signatures or headers
+        self._seen: dict[str, int] = {}  # id -> position of first sight
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = receiver._receive(self.headers.get(SIGNATURE_HEADER),
+                                           self.headers.get(MESSAGE_ID_HEADER), body,
+                                           now(), refuse_first)
+                time.sleep(receiver.work_s)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/metering"
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def _receive(self, signature: str | None, message_id: str | None, body: bytes,
+                 now: float, refuse_first: Callable[[int], bool]) -> int:
+        try:
+            verify_signature(self.secret, signature, body, now=now)
+            message = json.loads(body)
+            if message_id is None or message.get("id") != message_id:
+                raise InvalidSignature("Metering-Message-Id does not name the body's id")
+        except (InvalidSignature, ValueError) as exc:
+            with self._lock:
+                self.rejected.append(str(exc))
+            return 400
+        with self._lock:
+            first = message_id not in self._seen
+            if first:
+                self._seen[message_id] = len(self._seen)
+            status = 500 if first and refuse_first(self._seen[message_id]) else 200
+            self.deliveries.append(Delivery(message_id, str(message.get("type")), status,
+                                            message))
+        return status
+
+    def start(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def snapshot(self) -> list[Delivery]:
+        with self._lock:
+            return list(self.deliveries)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str,
+             interval: float = 0.05) -> float:
+    """Poll `condition` until true; answer the seconds it took, or fail naming `what`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
