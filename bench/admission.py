@@ -72,13 +72,15 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--teams", type=int, default=20,
+                        help="teams the fleet's admissions spread over (each gets rate/teams per s)")
     args = parser.parse_args()
     url = fresh_database("metering_bench_admission")
     with service(url, workers=2) as (base, admin):
         ingest = create_key(base, admin, "ingest")
         finance = create_key(base, admin, "finance")
         fin = {"Authorization": f"Bearer {finance}"}
-        teams = [f"team_{i}" for i in range(20)]
+        teams = [f"team_{i}" for i in range(args.teams)]
         for team in teams:
             httpx.put(f"{base}/v1/teams/{team}", json={"plan": "pro"}, headers=fin).raise_for_status()
             httpx.post(f"{base}/v1/teams/{team}/overrides",
