@@ -26,7 +26,7 @@ from billing.invoices import endpoints as invoice_endpoints
 from billing.plans import endpoints as plan_endpoints
 from billing.plans import service as plan_service
 from billing.stripe_sync.webhooks import router as stripe_router
-from metering import migrate, observability, plugins
+from metering import db_async, migrate, observability, plugins
 from metering.admissions import endpoints as admission_endpoints
 from metering.api.errors import ERROR_RESPONSES, error_response
 from metering.auth import endpoints as keys_endpoints
@@ -114,8 +114,12 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        app.state.engine.dispose()
+        await db_async.open_pool(app.state, app.state.engine, size=10)
+        try:
+            yield
+        finally:
+            await db_async.close_pool(app.state)
+            app.state.engine.dispose()
 
     app = FastAPI(
         title="Sandbox metering and billing",

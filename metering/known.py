@@ -7,6 +7,7 @@ Ids are remembered only after the transaction that ensured them commits.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from sqlalchemy import event
@@ -36,11 +37,35 @@ class KnownIds:
         self._known.clear()
 
 
+class Expiring:
+    """Ids remembered for a while (a hint that may go stale, never a fact)."""
+
+    def __init__(self, seconds: float, limit: int = 100_000) -> None:  # float-ok: seconds
+        self._until: dict[str, float] = {}  # float-ok: monotonic seconds
+        self._seconds = seconds
+        self._limit = limit
+
+    def __contains__(self, key: str) -> bool:
+        return self._until.get(key, 0.0) > time.monotonic()
+
+    def add(self, key: str) -> None:
+        if len(self._until) > self._limit:
+            self._until.clear()
+        self._until[key] = time.monotonic() + self._seconds
+
+    def clear(self) -> None:
+        self._until.clear()
+
+
 teams = KnownIds()
 executions = KnownIds()
+# Teams whose admissions billing cannot answer from the prefetched team row (credit-enforced
+# plans, spend limits): they skip the event loop's attempt for a while (plans change rarely).
+threaded_admissions = Expiring(10.0)
 
 
 def forget_all() -> None:
     """Tests that wipe the database call this."""
     teams.clear()
     executions.clear()
+    threaded_admissions.clear()

@@ -89,6 +89,7 @@ class _Metrics:
     ingest_batch: Histogram
     admissions: Counter
     admission_duration: Histogram
+    admission_paths: Counter
     kill_orders: Counter
     job_duration: Histogram
     job_failures: Counter
@@ -135,6 +136,11 @@ def _metrics() -> _Metrics:
         admission_duration=Histogram("metering_admission_duration_seconds",
                                      "Time to decide an admission.",
                                      buckets=LATENCY_BUCKETS, registry=r),
+        admission_paths=Counter(
+            "metering_admission_paths",
+            "How admissions were answered: `loop` (on the event loop), `thread` (a team whose "
+            "decision needs money figures, or a new team), `fallback` (database trouble on "
+            "the loop; the thread answered).", ["path"], registry=r),
         kill_orders=Counter("metering_kill_orders_issued", "Kill orders issued, by reason.",
                             ["reason"], registry=r),
         job_duration=Histogram("metering_job_duration_seconds", "Background job run time.",
@@ -169,6 +175,10 @@ def observe_admission(reason: str | None, seconds: float) -> None:  # float-ok
     m = _metrics()
     m.admissions.labels(reason or "admitted").inc()
     m.admission_duration.observe(seconds)
+
+
+def observe_admission_path(path: str) -> None:
+    _metrics().admission_paths.labels(path).inc()
 
 
 def observe_job(name: str, seconds: float, failed: bool = False) -> None:  # float-ok

@@ -69,6 +69,13 @@ class Billing(Protocol):
         """The read of the team that `admission` can start from, if any."""
         ...
 
+    def admission_from_row(
+        self, team_id: str, now: datetime, prefetched: Any
+    ) -> tuple[TeamLimits, Standing] | None:
+        """`admission` from the prefetched row alone, without any I/O, where that is enough
+        (no credit or spend to add up); None where it needs the database."""
+        ...
+
     def admission(
         self, session: Session, team_id: str, now: datetime, prefetched: Any = None
     ) -> tuple[TeamLimits, Standing]:
@@ -98,6 +105,11 @@ class DefaultBilling:
 
     def admission_prefetch(self, team_id: str) -> Prefetch | None:
         return None
+
+    def admission_from_row(
+        self, team_id: str, now: datetime, prefetched: Any
+    ) -> tuple[TeamLimits, Standing] | None:
+        return None  # the threaded path; subclasses in tests override `admission`
 
     def admission(
         self, session: Session, team_id: str, now: datetime, prefetched: Any = None

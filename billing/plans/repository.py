@@ -50,6 +50,14 @@ def all_versions(session: Session, fresh: bool = False) -> dict[str, list[Versio
     return versions
 
 
+def cached_versions() -> dict[str, list[Version]] | None:
+    """The cached versions while still fresh, without touching the database; else None."""
+    with _cache_lock:
+        if _cache is not None and time.monotonic() - _cache[0] < _CACHE_SECONDS:
+            return _cache[1]
+    return None
+
+
 def forget_cache() -> None:
     global _cache  # noqa: PLW0603
     with _cache_lock:

@@ -61,6 +61,29 @@ class PlanBilling:
     def admission_prefetch(self, team_id: str) -> Prefetch:
         return Prefetch(repo.CONTEXT_SQL, {"t": team_id})
 
+    def admission_from_row(
+        self, team_id: str, now: datetime, prefetched: Any
+    ) -> tuple[TeamLimits, Standing] | None:
+        """Enough for a team whose plan stops at no credit and that has no spend limit: its
+        limits and block come from the row, and nothing is to be added up. Plan versions come
+        from this process's cache; when it has expired, None (the threaded path reads them)."""
+        versions = repo.cached_versions()
+        if versions is None or prefetched is None:
+            return None
+        ctx = repo.context_from_row(prefetched)
+        version = core.version_at(
+            versions[core.plan_at(ctx.assignments, now, get_settings().default_plan)], now)
+        if version.credit_enforced or ctx.spend_limit is not None:
+            return None
+        limits = effective_limits(version.limits, ctx.overrides, ctx.addons, now)
+        zero = Decimal(0)
+        standing = Standing(
+            team_id=team_id, blocked=ctx.blocked_at is not None,
+            blocked_reason=ctx.blocked_reason, credit_granted=zero, credit_used=zero,
+            credit_remaining=None, month_spend=zero, spend_limit=None, burn_rate_per_hour=zero,
+            currency=version.currency)
+        return TeamLimits(version.plan_code, limits, version.credit_enforced), standing
+
     def admission(
         self, session: Session, team_id: str, now: datetime, prefetched: Any = None
     ) -> tuple[TeamLimits, Standing]:

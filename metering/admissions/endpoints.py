@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
+from metering import db_async, observability
 from metering.admissions import service
 from metering.api.deps import bearer
 from metering.api.errors import ErrorOut
@@ -63,10 +64,8 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _admit(app_state: Any, token: str | None, body: AdmissionIn) -> service.Decision:
+def _admit(app_state: Any, token: str, body: AdmissionIn) -> service.Decision:
     """The whole unit of work in one worker thread: key, decision, lease, commit."""
-    if not token:
-        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
     with transaction(app_state.sessions) as session:
         now = from_ms(to_ms(utc_now()))
         return service.admit(
@@ -81,9 +80,31 @@ async def post_admission(
 ) -> Response:
     """Admit a sandbox start (a lease holding a concurrency slot) or refuse it with a reason.
 
-    On the orchestrator's start path: one hop to a worker thread does the key check, the
-    decision and the lease in one transaction (committed before the answer)."""
+    On the orchestrator's start path: a known team whose plan stops at no credit and that has
+    no spend limit is answered on the event loop (two pipelined round trips: key, lock, lease,
+    counts and team; then lease and commit). Anyone else, or any database trouble, takes one
+    hop to a worker thread that does the same with the money reads added. Either way the
+    lease is committed before the answer."""
     token = credentials.credentials if credentials else None
-    decision = await run_in_threadpool(_admit, request.app.state, token, body)
+    if not token:
+        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
+    state = request.app.state
+    decision = None
+    pool = db_async.pool_for_loop(state)
+    if pool is not None:
+        try:
+            decision = await service.admit_on_loop(
+                pool, state.settings, token, body.team_id, body.sandbox_id,
+                AdmissionRequest(body.vcpu, body.memory_mib, body.disk_mib, body.timeout_s),
+                from_ms(to_ms(utc_now())))
+        except db_async.FastPathUnavailable:
+            path = "fallback"
+        else:
+            path = "loop" if decision is not None else "thread"
+    else:
+        path = "thread"
+    observability.observe_admission_path(path)
+    if decision is None:
+        decision = await run_in_threadpool(_admit, state, token, body)
     return Response(orjson.dumps(decision.body), status_code=decision.status,
                     media_type="application/json")

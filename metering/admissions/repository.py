@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -74,6 +75,21 @@ class Prefetched:
     billing_row: Any  # the first row of the billing side's statement (None if it has none)
 
 
+def _params(digest: str, team_id: str, sandbox_id: str, now: datetime,
+            stale: timedelta) -> dict[str, Any]:
+    return {"digest": digest, "key": f"admission:{team_id}", "team_id": team_id,
+            "sandbox_id": sandbox_id, "now": now, "stale": stale}
+
+
+def _prefetched(key_row: Any, lease_row: Any, counted: Any, billing_row: Any) -> Prefetched:
+    assert counted is not None  # counts always answer one row
+    running, leases, starts = counted
+    return Prefetched(
+        key_role=key_row[0] if key_row is not None and key_row[1] is None else None,
+        lease=lease_row, running=int(running), leases=int(leases),
+        starts_last_second=int(starts), billing_row=billing_row)
+
+
 def prefetch(
     session: Session, digest: str, team_id: str, sandbox_id: str, now: datetime,
     stale: timedelta, billing: Prefetch | None,
@@ -82,23 +98,31 @@ def prefetch(
 
     The statements of a pipeline run one after another, each with a snapshot of its own, so
     the reads after the lock see every admission of the team that committed before it."""
-    params = {"digest": digest, "key": f"admission:{team_id}", "team_id": team_id,
-              "sandbox_id": sandbox_id, "now": now, "stale": stale}
+    params = _params(digest, team_id, sandbox_id, now, stale)
     with driver(session) as raw, raw.pipeline():
         key = raw.execute(_KEY, params)
         raw.execute(_LOCK, params)
         lease = raw.execute(_LIVE_LEASE, params)
         counts = raw.execute(_COUNTS, params)
         extra = raw.execute(billing.sql, billing.params) if billing is not None else None
-    key_row = key.fetchone()
-    counted = counts.fetchone()
-    assert counted is not None  # counts always answer one row
-    running, leases, starts = counted
-    return Prefetched(
-        key_role=key_row[0] if key_row is not None and key_row[1] is None else None,
-        lease=lease.fetchone(), running=int(running), leases=int(leases),
-        starts_last_second=int(starts),
-        billing_row=extra.fetchone() if extra is not None else None)
+    return _prefetched(key.fetchone(), lease.fetchone(), counts.fetchone(),
+                       extra.fetchone() if extra is not None else None)
+
+
+async def prefetch_async(
+    conn: psycopg.AsyncConnection[Any], digest: str, team_id: str, sandbox_id: str,
+    now: datetime, stale: timedelta, billing: Prefetch | None,
+) -> Prefetched:
+    """`prefetch` on the event loop's connection: the same statements, the same round trip."""
+    params = _params(digest, team_id, sandbox_id, now, stale)
+    async with conn.pipeline():
+        key = await conn.execute(_KEY, params)
+        await conn.execute(_LOCK, params)
+        lease = await conn.execute(_LIVE_LEASE, params)
+        counts = await conn.execute(_COUNTS, params)
+        extra = await conn.execute(billing.sql, billing.params) if billing is not None else None
+    return _prefetched(await key.fetchone(), await lease.fetchone(), await counts.fetchone(),
+                       await extra.fetchone() if extra is not None else None)
 
 
 def insert_lease_and_commit(session: Session, **values: Any) -> None:
@@ -107,6 +131,13 @@ def insert_lease_and_commit(session: Session, **values: Any) -> None:
     with driver(session) as raw, raw.pipeline():
         raw.execute(_INSERT, values)
         raw.commit()
+
+
+async def insert_lease_and_commit_async(conn: psycopg.AsyncConnection[Any],
+                                        **values: Any) -> None:
+    async with conn.pipeline():
+        await conn.execute(_INSERT, values)
+        await conn.commit()
 
 
 def consume(session: Session, sandboxes: Sequence[str], now: datetime) -> None:

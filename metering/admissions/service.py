@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.orm import Session
 
-from metering import known, plugins
+from metering import db_async, known, plugins
 from metering.admissions import repository as repo
 from metering.auth.service import Principal, digest, resolve
 from metering.config import Settings
@@ -27,6 +28,7 @@ from metering.core.limits import (
     decide_admission,
 )
 from metering.errors import Unauthorized
+from metering.plugins import Standing, TeamLimits
 from metering.teams import service as teams
 
 
@@ -55,15 +57,61 @@ def admit(
     got = repo.prefetch(session, digest(token), team_id, sandbox_id, now,
                         timedelta(seconds=settings.stale_after_s),
                         billing.admission_prefetch(team_id))
+    if (answer := _authorized_lease(got)) is not None:
+        return answer
+    team_limits, standing = billing.admission(session, team_id, now, got.billing_row)
+    decision, lease = _decide(settings, team_id, sandbox_id, request, now, got, team_limits,
+                              standing)
+    if lease is not None:
+        repo.insert_lease_and_commit(session, **lease)
+    return decision
+
+
+async def admit_on_loop(
+    pool: AsyncConnectionPool, settings: Settings, token: str, team_id: str, sandbox_id: str,
+    request: AdmissionRequest, now: datetime,
+) -> Decision | None:
+    """`admit` on the event loop, for a known team whose decision billing can make from its
+    prefetched row alone (no credit or spend to add up). None: take the threaded `admit`
+    (nothing was written). Raises `FastPathUnavailable` on any database trouble."""
+    if known.teams.unknown([team_id]) or team_id in known.threaded_admissions:
+        return None
+    billing = plugins.billing()
+    async with db_async.connection(pool) as conn:
+        got = await repo.prefetch_async(
+            conn, digest(token), team_id, sandbox_id, now,
+            timedelta(seconds=settings.stale_after_s), billing.admission_prefetch(team_id))
+        if (answer := _authorized_lease(got)) is not None:
+            return answer
+        view = billing.admission_from_row(team_id, now, got.billing_row)
+        if view is None:
+            # Rolled back on the way out, so the lock is free for the threaded path; the
+            # team's next admissions go there directly for a while.
+            known.threaded_admissions.add(team_id)
+            return None
+        decision, lease = _decide(settings, team_id, sandbox_id, request, now, got, *view)
+        if lease is not None:
+            await repo.insert_lease_and_commit_async(conn, **lease)
+        return decision
+
+
+def _authorized_lease(got: repo.Prefetched) -> Decision | None:
+    """Refuse a key that may not admit; answer the sandbox's live lease to a retry."""
     if got.key_role is None:
         raise Unauthorized("unknown or revoked API key")
     Principal("", got.key_role, None).require("ingest")
-    if got.lease is not None:
-        lease_id, max_duration_s, expires = got.lease
-        return Decision(200, {"admitted": True, "lease_id": lease_id,
-                              "max_duration_s": max_duration_s,
-                              "expires_at": rfc3339(expires)})
-    team_limits, standing = billing.admission(session, team_id, now, got.billing_row)
+    if got.lease is None:
+        return None
+    lease_id, max_duration_s, expires = got.lease
+    return Decision(200, {"admitted": True, "lease_id": lease_id,
+                          "max_duration_s": max_duration_s, "expires_at": rfc3339(expires)})
+
+
+def _decide(
+    settings: Settings, team_id: str, sandbox_id: str, request: AdmissionRequest,
+    now: datetime, got: repo.Prefetched, team_limits: TeamLimits, standing: Standing,
+) -> tuple[Decision, dict[str, Any] | None]:
+    """The pure policy's answer, and the lease to insert when it admits."""
     state = AdmissionState(
         blocked=standing.blocked, plan_code=team_limits.plan_code, running=got.running,
         leases=got.leases, starts_last_second=got.starts_last_second,
@@ -74,14 +122,14 @@ def admit(
     if isinstance(decision, Refusal):
         body = decision.body()
         body["error"] = {"code": decision.reason, "message": decision.message}
-        return Decision(decision.http_status, body)
+        return Decision(decision.http_status, body), None
     assert isinstance(decision, Admission)
     lease_id = "lease_" + secrets.token_hex(10)
     expires_at = now + timedelta(seconds=settings.lease_ttl_s)
-    repo.insert_lease_and_commit(
-        session, id=lease_id, team_id=team_id, sandbox_id=sandbox_id, vcpu=request.vcpu,
-        memory_mib=request.memory_mib, disk_mib=request.disk_mib,
-        max_duration_s=decision.max_duration_s, now=now, expires_at=expires_at)
+    lease = {"id": lease_id, "team_id": team_id, "sandbox_id": sandbox_id,
+             "vcpu": request.vcpu, "memory_mib": request.memory_mib,
+             "disk_mib": request.disk_mib, "max_duration_s": decision.max_duration_s,
+             "now": now, "expires_at": expires_at}
     return Decision(200, {"admitted": True, "lease_id": lease_id,
                           "max_duration_s": decision.max_duration_s,
-                          "expires_at": rfc3339(expires_at)})
+                          "expires_at": rfc3339(expires_at)}), lease

@@ -6,10 +6,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
-from metering import jobs
+from metering import jobs, observability
 from metering.core import clock
 from tests.conftest import Keys, LiveServer, event
 
@@ -36,14 +38,27 @@ def start_running(client: TestClient, keys: Keys, team: str, count: int) -> None
     assert client.post("/v1/events", json=batch, headers=Keys.auth(keys.ingest)).json()["accepted"] == count
 
 
+def paths() -> dict[str, float]:
+    """How admissions were answered so far in this process (event loop, thread, fallback)."""
+    return {s.labels["path"]: s.value for family in text_string_to_metric_families(
+        observability.render_metrics().decode()) for s in family.samples
+        if s.name == "metering_admission_paths_total"}
+
+
+# Hobby decides on money (credit), so its admissions take the threaded path; Pro without a
+# spend limit is answered on the event loop (those that wait too long for one of its pooled
+# connections overflow to the threaded path as `fallback`). Both must be exact under the race.
+@pytest.mark.parametrize(("plan", "path"), [("hobby", "thread"), ("pro", "loop")])
 def test_exactly_one_of_fifty_simultaneous_admissions_takes_the_last_slot(
-    client: TestClient, api_keys: Keys, live_server: LiveServer
+    client: TestClient, api_keys: Keys, live_server: LiveServer, plan: str, path: str
 ) -> None:
-    put_team(client, api_keys, "team_race", plan="hobby")
+    put_team(client, api_keys, "team_race", plan=plan)
     # Raise the start rate so only the concurrency lock decides.
-    response = client.post("/v1/teams/team_race/overrides", json={"starts_per_second": 1000},
+    response = client.post("/v1/teams/team_race/overrides",
+                           json={"starts_per_second": 1000, "concurrency": 20},
                            headers=Keys.auth(api_keys.finance))
     assert response.status_code == 201
+    before = paths()
     start_running(client, api_keys, "team_race", 19)
     barrier = threading.Barrier(50)
     results: list[int] = []
@@ -65,12 +80,16 @@ def test_exactly_one_of_fifty_simultaneous_admissions_takes_the_last_slot(
         t.join()
     assert sorted(results).count(200) == 1
     assert results.count(429) == 49
+    after = paths()
+    taken = {p: after.get(p, 0) - before.get(p, 0) for p in ("loop", "thread", "fallback")}
+    assert taken[path] >= 1 and taken[path] + taken["fallback"] == 50, taken
 
 
+@pytest.mark.parametrize("plan", ["hobby", "pro"])
 def test_retry_gets_the_same_lease_and_an_unused_lease_frees_its_slot(
-    client: TestClient, api_keys: Keys
+    client: TestClient, api_keys: Keys, plan: str
 ) -> None:
-    put_team(client, api_keys, "team_l", plan="hobby")
+    put_team(client, api_keys, "team_l", plan=plan)
     client.post("/v1/teams/team_l/overrides", json={"concurrency": 1, "starts_per_second": 100},
                 headers=Keys.auth(api_keys.finance))
     first = admit(client, api_keys, "team_l", "sbx_a")
