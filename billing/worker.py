@@ -47,7 +47,7 @@ def job_table(
     """(name, interval seconds, function) for every periodic job."""
     return [
         ("refresh_liveness", max(settings.fold_interval_s / 2, 1.0),
-         lambda: metering_jobs.refresh_liveness(sessions)),
+         lambda: metering_jobs.refresh_liveness_paced(sessions)),
         ("fold_samples", settings.fold_interval_s * 6,
          lambda: metering_jobs.fold_samples(sessions)),
         ("settle_stale", settings.fold_interval_s * 2,

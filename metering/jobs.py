@@ -7,6 +7,7 @@ the fold takes an exclusive advisory lock, and the liveness refresh is a monoton
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +27,41 @@ FOLD_BATCH = 200_000
 def refresh_liveness(sessions: sessionmaker[Session]) -> int:
     with transaction(sessions) as session:
         return ingest_repo.refresh_liveness(session)
+
+
+class Pacer:
+    """Holds a periodic job back while the time since its last run is short next to how long
+    that run took, so a job whose cost grows with the data (the liveness pass reads every
+    pending sample) takes at most `duty` of the time instead of all of it: on a big fleet
+    the refresh comes less often (still well inside the staleness window), never piles up.
+    """
+
+    def __init__(self, duty: float) -> None:  # float-ok: a fraction of time
+        self._duty = duty
+        self._ended = float("-inf")  # float-ok: monotonic seconds
+        self._took = 0.0  # float-ok: seconds
+
+    def due(self) -> bool:
+        rest = self._took * (1 / self._duty - 1)
+        return time.monotonic() - self._ended >= rest
+
+    def ran(self, started: float) -> None:  # float-ok: monotonic seconds
+        self._ended = time.monotonic()
+        self._took = self._ended - started
+
+
+_liveness_pacer = Pacer(duty=0.25)
+
+
+def refresh_liveness_paced(sessions: sessionmaker[Session]) -> int | None:
+    """The scheduler's liveness refresh: skipped (None) while paced, see `Pacer`."""
+    if not _liveness_pacer.due():
+        return None
+    started = time.monotonic()
+    try:
+        return refresh_liveness(sessions)
+    finally:
+        _liveness_pacer.ran(started)
 
 
 def fold_samples(sessions: sessionmaker[Session]) -> int:
