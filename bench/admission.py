@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     create_key,
@@ -98,6 +99,13 @@ def main() -> None:
         host, port = base.removeprefix("http://").split(":")
         latencies, statuses, wall = asyncio.run(offer(
             host, int(port), ingest, teams, args.rate, args.seconds, args.clients))
+        samples = [s for family in text_string_to_metric_families(
+            httpx.get(f"{base}/metrics").text) for s in family.samples]
+        paths = {s.labels["path"]: int(s.value) for s in samples
+                 if s.name == "metering_admission_paths_total"}
+        # The service's own time per admission (from the request's arrival to its answer).
+        buckets = sorted((float(s.labels["le"]), s.value) for s in samples
+                         if s.name == "metering_admission_duration_seconds_bucket")
     print(f"machine: {machine()}")
     print(f"{len(latencies)} admissions in {wall:.1f} s ({len(latencies) / wall:.0f}/s offered {args.rate}/s) "
           f"from {args.clients} clients, 2 API processes")
@@ -105,6 +113,12 @@ def main() -> None:
           f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
     print(f"fleet answers: {statuses['fleet']}; race team (19 of 20 running): {statuses['race']} "
           f"-> admitted exactly one: {statuses['race'].get(200, 0) == 1}")
+    total_in = buckets[-1][1] if buckets else 0
+    served = ", ".join(f"<= {le * 1000:g} ms: {100 * n / total_in:.1f} %"
+                       for le, n in buckets if le <= 0.1) if total_in else "-"
+    print(f"time in the service (its histogram): {served}")
+    print(f"answered on the event loop / by a worker thread / fallback after database trouble: "
+          f"{paths.get('loop', 0)} / {paths.get('thread', 0)} / {paths.get('fallback', 0)}")
 
 
 if __name__ == "__main__":
