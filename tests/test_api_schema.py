@@ -43,12 +43,18 @@ import hypothesis.errors
 import pytest
 import requests
 import schemathesis
+import schemathesis.specs.openapi.schemas  # imported at collection: see below
 import uvicorn
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.core.failures import Failure, FailureGroup
+
+# `schemathesis.openapi.from_url` imports this module lazily; under pytest the first import
+# parses it (assertion rewriting). Doing that while the served app's thread is busy can hit
+# CPython 3.11's "AST constructor recursion depth mismatch" (a parse racing another thread's
+# compile), so it is imported here, at collection, with no server running.
 from sqlalchemy.engine import Engine
 
 from billing.app import create_app
