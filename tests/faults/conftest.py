@@ -63,7 +63,28 @@ def fault_database(worker_id: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-class Service:
+class ProcessGroup:
+    """A process started in its own session, so that signals reach every process of it."""
+
+    process: subprocess.Popen[bytes] | None
+
+    def kill(self) -> None:
+        """SIGKILL, no warning: in-flight requests and open transactions die with it."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class Service(ProcessGroup):
     """`metering serve` in its own process group, so SIGKILL takes every process of it."""
 
     def __init__(self, database_url: str, workers: int = 1, scheduler: bool = True,
@@ -98,21 +119,6 @@ class Service:
                 pass
             time.sleep(0.05)
         raise RuntimeError("the service did not become ready")
-
-    def kill(self) -> None:
-        """SIGKILL, no warning: in-flight requests and transactions die with it."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
     def create_key(self, role: str) -> str:
         response = httpx.post(self.url + "/v1/keys", json={"role": role},
@@ -247,7 +253,7 @@ def sim_clock_env(clock: SimClock) -> dict[str, str]:
     return {SIM_CLOCK_ENV: clock.setting()}
 
 
-class Worker:
+class Worker(ProcessGroup):
     """`metering worker` in its own process group (SIGKILL takes all of it); its output goes
     to `log`. Jobs run on the intervals of the settings in `env` (real seconds)."""
 
@@ -284,20 +290,6 @@ class Worker:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def kill(self) -> None:
-        """SIGKILL, no warning: the job's open transaction dies with the process."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 class StripeDoubleProcess:
