@@ -26,6 +26,19 @@ from metering.plugins import Prefetch, Standing, TeamLimits
 from metering.teams.models import Team
 
 
+def _version_in(versions: dict[str, list[core.Version]], ctx: repo.TeamContext,
+                at: datetime) -> core.Version:
+    """The plan version in force for the team at `at`."""
+    plan = core.plan_at(ctx.assignments, at, get_settings().default_plan)
+    return core.version_at(versions[plan], at)
+
+
+def _limits_of(version: core.Version, ctx: repo.TeamContext, at: datetime) -> TeamLimits:
+    """The version's limits with the team's overrides and add-ons at `at`."""
+    limits = effective_limits(version.limits, ctx.overrides, ctx.addons, at)
+    return TeamLimits(version.plan_code, limits, version.credit_enforced)
+
+
 class PlanBilling:
     """Prices, limits and standing from plan versions, assignments and the credit ledger."""
 
@@ -36,13 +49,10 @@ class PlanBilling:
                                    get_settings().default_plan, start, end)
 
     def _version(self, session: Session, ctx: repo.TeamContext, at: datetime) -> core.Version:
-        plan = core.plan_at(ctx.assignments, at, get_settings().default_plan)
-        return core.version_at(repo.all_versions(session)[plan], at)
+        return _version_in(repo.all_versions(session), ctx, at)
 
     def _limits(self, session: Session, ctx: repo.TeamContext, at: datetime) -> TeamLimits:
-        version = self._version(session, ctx, at)
-        limits = effective_limits(version.limits, ctx.overrides, ctx.addons, at)
-        return TeamLimits(version.plan_code, limits, version.credit_enforced)
+        return _limits_of(self._version(session, ctx, at), ctx, at)
 
     def _schedule(self, session: Session, ctx: repo.TeamContext, now: datetime) -> PriceSchedule:
         return core.price_schedule(ctx.assignments, repo.all_versions(session),
@@ -71,18 +81,16 @@ class PlanBilling:
         if versions is None or prefetched is None:
             return None
         ctx = repo.context_from_row(prefetched)
-        version = core.version_at(
-            versions[core.plan_at(ctx.assignments, now, get_settings().default_plan)], now)
+        version = _version_in(versions, ctx, now)
         if version.credit_enforced or ctx.spend_limit is not None:
             return None
-        limits = effective_limits(version.limits, ctx.overrides, ctx.addons, now)
         zero = Decimal(0)
         standing = Standing(
             team_id=team_id, blocked=ctx.blocked_at is not None,
             blocked_reason=ctx.blocked_reason, credit_granted=zero, credit_used=zero,
             credit_remaining=None, month_spend=zero, spend_limit=None, burn_rate_per_hour=zero,
             currency=version.currency)
-        return TeamLimits(version.plan_code, limits, version.credit_enforced), standing
+        return _limits_of(version, ctx, now), standing
 
     def admission(
         self, session: Session, team_id: str, now: datetime, prefetched: Any = None
