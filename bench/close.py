@@ -39,7 +39,7 @@ from bench.common import fresh_database, log, machine
 from billing.app import wire_billing
 from billing.invoices import close as month_close
 from billing.invoices import service
-from metering import migrate, usage_bulk
+from metering import migrate
 from metering.config import Settings
 from metering.core.clock import (
     format_period,
@@ -49,6 +49,7 @@ from metering.core.clock import (
     utc_now,
 )
 from metering.db import make_engine, make_sessionmaker, transaction
+from metering.usage import usage_totals
 
 TEAM = "'team_' || lpad(CAST(i AS text), 5, '0')"
 
@@ -205,7 +206,7 @@ def check(sessions: sessionmaker[Session], settings: Settings, period: str, now:
     Answers the number of teams re-rated."""
     start = parse_period(period)[0]
     with transaction(sessions) as session:
-        usage = usage_bulk.usage_totals(session, start, next_month_start(start), now,
+        usage = usage_totals(session, start, next_month_start(start), now,
                                         timedelta(seconds=settings.stale_after_s))
         invoiced = {r[0] for r in session.execute(text(
             "SELECT team_id FROM invoices WHERE period = :p AND kind = 'period'"),

@@ -35,9 +35,9 @@ from metering.config import Settings, get_settings
 from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
 from metering.enforcement import endpoints as enforcement_endpoints
 from metering.errors import MeteringError, StorageUnavailable
-from metering.executions import endpoints as usage_endpoints
 from metering.ingest import endpoints as ingest_endpoints
 from metering.teams import service as teams_service
+from metering.usage import endpoints as usage_endpoints
 
 log = logging.getLogger(__name__)
 

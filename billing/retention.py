@@ -35,7 +35,7 @@ from metering import retention as samples
 from metering.config import Settings
 from metering.core.clock import format_period, month_start, next_month_start, utc_now
 from metering.db import transaction
-from metering.usage_bulk import usage_totals
+from metering.usage import usage_totals
 
 log = logging.getLogger(__name__)
 

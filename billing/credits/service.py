@@ -23,8 +23,8 @@ from metering.core.clock import EPOCH, month_start, next_month_start, parse_peri
 from metering.core.money import add, mul
 from metering.core.pricing import PriceSchedule
 from metering.errors import BadRequest
-from metering.executions.service import priced_usage, usage_by_price_period
 from metering.plugins import Standing
+from metering.usage import priced_usage, usage_by_price_period
 
 
 def grant_credit(

@@ -29,9 +29,8 @@ from metering.core.clock import EPOCH, format_period, month_start, rfc3339, utc_
 from metering.core.money import fmt as fmt_exact
 from metering.core.money import gib_seconds, vcpu_seconds
 from metering.errors import BadRequest, MeteringError, NotFound
-from metering.executions import endpoints as usage_api
-from metering.executions import pricing, reads
-from metering.executions.service import now_ms_truncated
+from metering.usage import endpoints as usage_api
+from metering.usage import execution_usage, now_ms_truncated, schedule_for
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +231,9 @@ def _shape(session: Session, settings: Settings, team_id: str, rows: list[Any]
     from the dashboard's own query, so they are shaped here the same way)."""
     now = now_ms_truncated()
     stale = timedelta(seconds=settings.stale_after_s)
-    usage = reads.execution_usage(session, [r.execution_id for r in rows], EPOCH,
+    usage = execution_usage(session, [r.execution_id for r in rows], EPOCH,
                                   now + timedelta(days=3650), now, stale)
-    schedule = pricing.schedule_for(session, team_id, EPOCH, now)
+    schedule = schedule_for(session, team_id, EPOCH, now)
     out = []
     for r in rows:
         vcpu_ms, mib_ms = usage.get(r.execution_id, (0, 0))

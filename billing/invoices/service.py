@@ -4,7 +4,7 @@ The month close (`close.py`) runs these for thousands of teams a chunk at a time
 preview and the void's correcting invoice run them for one team. The rules of the month:
 
 - usage of the month per price version comes from metering (`usage_by_price_period`, or the
-  bulk `metering.usage_bulk.usage_totals` cut by the team's price schedule);
+  bulk `metering.usage.usage_totals` cut by the team's price schedule);
 - plan periods from team_plans x plan_versions; credits are grants minus live applications;
 - adjustments: for each earlier closed month that may have changed (see
   `repository.ADJUSTMENT_CANDIDATES`), current usage minus what live invoices billed for it;
@@ -35,14 +35,14 @@ from billing.invoices.assemble import (
 )
 from billing.plans import repository as plan_repo
 from billing.plans.service import PlanBilling
-from metering import plugins, usage_bulk
+from metering import plugins
 from metering.config import Settings, get_settings
 from metering.core.clock import format_period, parse_period
 from metering.core.money import fmt_minor
 from metering.core.pricing import PriceSchedule
 from metering.enforcement.outbox import NewMessage, enqueue_messages
 from metering.errors import BadRequest, Conflict, NotFound
-from metering.executions.service import PricedUsage, usage_by_price_period
+from metering.usage import PricedUsage, usage_by_price_period, usage_totals
 
 # Transactions that change executions and commit after a close read usage are caught by
 # re-examining executions changed up to this long before the read (see the repository).
@@ -104,7 +104,7 @@ def month_usage(
 
     One bulk read for all teams; a team whose prices change inside the month is read again
     per price period (rare: a plan change or a new plan version mid-month)."""
-    totals = usage_bulk.usage_totals(session, start, end, now, stale_after(settings), team_ids)
+    totals = usage_totals(session, start, end, now, stale_after(settings), team_ids)
     schedules = price_schedules(session, sorted(totals), start, end)
     out: dict[str, tuple[VersionUsage, ...]] = {}
     for team_id, total in totals.items():

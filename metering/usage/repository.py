@@ -1,4 +1,6 @@
-"""Usage reads: integer usage per bucket and per execution, computed in PostgreSQL.
+"""Every read of usage: integer usage per bucket, per execution and per team, computed in
+PostgreSQL, and the SQL predicates of "open", "fresh" and "a segment's billed end" that any
+other query of running executions must use.
 
 All times are whole milliseconds, so the database's exact numeric interval arithmetic gives
 the same integers the pure core would. Open executions end "now" while fresh, or at their
@@ -17,8 +19,9 @@ from sqlalchemy.orm import Session
 
 from metering.db import pipeline
 
-# The billed end of a segment, with the running/stale rule.
-_SEGMENT_END = """
+# The billed end of a segment, with the running/stale rule (`e` executions, `s` segments;
+# binds :now and :stale).
+SEGMENT_END = """
     CASE WHEN s.end_at IS NOT NULL THEN s.end_at
          WHEN e.inferred_end_at IS NOT NULL THEN e.inferred_end_at
          WHEN e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)
@@ -26,8 +29,11 @@ _SEGMENT_END = """
          ELSE greatest(e.last_event_at, s.start_at) END
 """
 
-_OPEN = "e.end_at IS NULL AND e.inferred_end_at IS NULL"
-_SETTLED = "(e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)"
+# An execution with no end yet, true or inferred.
+OPEN = "e.end_at IS NULL AND e.inferred_end_at IS NULL"
+
+# Its newest event is younger than the staleness window: it counts as running.
+FRESH = "e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)"
 
 _BUCKETED_SQL = """
 WITH seg AS (
@@ -52,9 +58,9 @@ FROM piece GROUP BY i ORDER BY i
 """
 
 # Open executions of a team (few: at most its concurrency) through the partial index.
-_BUCKETED_OPEN = text(_BUCKETED_SQL.format(segment_end=_SEGMENT_END, source=f"""
+_BUCKETED_OPEN = text(_BUCKETED_SQL.format(segment_end=SEGMENT_END, source=f"""
     executions e JOIN execution_segments s ON s.execution_id = e.execution_id
-    WHERE e.team_id = :team_id AND {_OPEN} AND""").replace("WHERE s.start_at", "s.start_at"))
+    WHERE e.team_id = :team_id AND {OPEN} AND""").replace("WHERE s.start_at", "s.start_at"))
 
 # Settled executions, only for the partial hours the rollups cannot split. Two branches so
 # that each walks an index over the hour alone: closed segments by (team, end), and the open
@@ -89,7 +95,7 @@ SELECT s.execution_id,
        CAST(sum(s.memory_mib * extract(epoch FROM (hi - lo)) * 1000) AS bigint)
 FROM execution_segments s JOIN executions e ON e.execution_id = s.execution_id
 CROSS JOIN LATERAL (SELECT greatest(s.start_at, CAST(:start AS timestamptz)) AS lo,
-                           least({_SEGMENT_END}, CAST(:end AS timestamptz)) AS hi) w
+                           least({SEGMENT_END}, CAST(:end AS timestamptz)) AS hi) w
 WHERE s.execution_id = ANY(CAST(:ids AS text[])) AND hi > lo
 GROUP BY s.execution_id
 """)
@@ -173,9 +179,8 @@ ORDER BY e.start_at DESC, e.execution_id DESC
 LIMIT :limit
 """
 
-_FRESH = "e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)"
-RUNNING = f"AND {_OPEN} AND {_FRESH}"
-ENDED = f"AND NOT ({_OPEN} AND {_FRESH})"
+RUNNING = f"AND {OPEN} AND {FRESH}"
+ENDED = f"AND NOT ({OPEN} AND {FRESH})"
 
 
 def list_executions(

@@ -2,12 +2,12 @@
 
 `usage_totals` answers, for every team with usage in an hour-aligned window, its exact integer
 vCPU-ms and MiB-ms: settled executions from the hourly rollups, open executions integrated
-live with the running/stale rule of `metering.executions.reads` (the same SQL fragment), in
+live with the running/stale rule of `metering.usage.repository` (the same SQL fragment), in
 one statement so both halves see one snapshot. It is `bucket_usage` with a single bucket,
 for all teams in one scan instead of one query per team.
 
 Price changes inside the window are not this function's business: callers cut the window at a
-team's price changes with `metering.executions.service.usage_by_price_period` instead.
+team's price changes with `metering.usage.service.usage_by_price_period` instead.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from sqlalchemy.orm import Session
 
 # One definition of "open" and of a segment's billed end: the bulk read must bill exactly
 # what the per-team read bills.
-from metering.executions.reads import _OPEN as OPEN_EXECUTION
-from metering.executions.reads import _SEGMENT_END as SEGMENT_END
+from metering.usage.repository import OPEN, SEGMENT_END
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +60,9 @@ ORDER BY team_id
 """
 
 _ALL_TEAMS = text(_TOTALS.format(
-    segment_end=SEGMENT_END, open=OPEN_EXECUTION, team_filter_rollups="", team_filter_live=""))
+    segment_end=SEGMENT_END, open=OPEN, team_filter_rollups="", team_filter_live=""))
 _SOME_TEAMS = text(_TOTALS.format(
-    segment_end=SEGMENT_END, open=OPEN_EXECUTION,
+    segment_end=SEGMENT_END, open=OPEN,
     team_filter_rollups="AND team_id = ANY(CAST(:teams AS text[]))",
     team_filter_live="AND e.team_id = ANY(CAST(:teams AS text[]))"))
 

@@ -6,39 +6,21 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 
 from metering.api.deps import PrincipalDep, SessionDep, SettingsDep, aware, team_reader
 from metering.api.pagination import decode_cursor, encode_cursor
 from metering.core.clock import month_start, rfc3339
 from metering.core.money import fmt, gib_seconds, vcpu_seconds
 from metering.errors import BadRequest, NotFound
-from metering.executions import pricing, reads
-from metering.executions.service import bucket_bounds, now_ms_truncated, priced_usage
+from metering.usage import repository as reads
+from metering.usage.schemas import (
+    ExecutionPage,
+    MetricsOut,
+    UsageOut,
+)
+from metering.usage.service import bucket_bounds, now_ms_truncated, priced_usage, schedule_for
 
 router = APIRouter(tags=["usage"])
-
-
-class UsagePoint(BaseModel):
-    start: str
-    end: str
-    vcpu_seconds: str
-    gib_seconds: str
-    cost: str
-
-
-class UsageTotals(BaseModel):
-    vcpu_seconds: str
-    gib_seconds: str
-    cost: str
-
-
-class UsageOut(BaseModel):
-    team_id: str
-    granularity: str
-    currency: str
-    series: list[UsagePoint]
-    totals: UsageTotals
 
 
 @router.get("/v1/teams/{team_id}/usage", response_model=UsageOut)
@@ -69,32 +51,6 @@ def get_usage(
     }
 
 
-class ExecutionOut(BaseModel):
-    execution_id: str
-    sandbox_id: str
-    team_id: str
-    template_id: str | None
-    state: Literal["running", "ended"]
-    started_at: str
-    start_kind: str | None
-    ended_at: str | None
-    end_kind: str | None
-    end_reason: str | None
-    end_inferred: bool
-    vcpu: int | None
-    memory_mib: int | None
-    disk_mib: int | None
-    last_event_at: str
-    vcpu_seconds: str
-    gib_seconds: str
-    cost: str
-
-
-class ExecutionPage(BaseModel):
-    data: list[ExecutionOut]
-    next_cursor: str | None
-
-
 @router.get("/v1/teams/{team_id}/sandboxes", response_model=ExecutionPage)
 def list_sandboxes(
     team_id: str, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
@@ -121,7 +77,7 @@ def list_sandboxes(
     ids = [r.execution_id for r in rows]
     far_past = datetime.fromtimestamp(0, now.tzinfo)
     usage = reads.execution_usage(session, ids, far_past, now + timedelta(days=3650), now, stale)
-    schedule = pricing.schedule_for(session, team_id, far_past, now)
+    schedule = schedule_for(session, team_id, far_past, now)
     data = []
     for r in rows:
         vcpu_ms, mib_ms = usage.get(r.execution_id, (0, 0))
@@ -145,21 +101,6 @@ def list_sandboxes(
         last = rows[-1]
         next_cursor = encode_cursor(last.start_at.isoformat(), last.execution_id)
     return {"data": data, "next_cursor": next_cursor}
-
-
-class MetricPoint(BaseModel):
-    minute: str
-    samples: int
-    cpu_pct_avg: str | None
-    cpu_pct_max: str | None
-    memory_used_mib_avg: str | None
-    memory_used_mib_max: int | None
-
-
-class MetricsOut(BaseModel):
-    sandbox_id: str
-    data: list[MetricPoint]
-    next_cursor: str | None = None
 
 
 @router.get("/v1/sandboxes/{sandbox_id}/metrics", response_model=MetricsOut)
