@@ -31,11 +31,13 @@ from sqlalchemy import text
 
 from bench.common import fresh_database, iso, log, machine, now_utc, percentile
 from billing.app import wire_billing
-from metering import jobs, jobs_enforcement, migrate
+from metering import migrate
 from metering.config import Settings
 from metering.db import make_engine, make_sessionmaker, transaction
+from metering.enforcement import jobs as jobs_enforcement
 from metering.enforcement.delivery import DeliveryPolicy
 from metering.enforcement.signing import InvalidSignature, verify_signature
+from metering.ingest import jobs
 from metering.ingest import service as ingest
 
 SECRET = "whsec_bench"

@@ -15,10 +15,10 @@ from datetime import timedelta
 import psycopg
 
 from bench.common import fleet_events, fresh_database, log, machine, now_utc
-from metering import jobs, migrate
+from metering import migrate
 from metering.core.events import validate_batch
 from metering.db import make_engine, make_sessionmaker, transaction
-from metering.ingest import service
+from metering.ingest import jobs, service
 
 NAIVE = """
 CREATE TABLE naive_events (

@@ -1,5 +1,8 @@
 """The `metering` command: serve, worker, migrate, keys, retention (and invoices and stripe)."""
 
+# Serve, worker and migrate are the application's own; every feature's commands come from its
+# `cli.py` and are only assembled here.
+
 from __future__ import annotations
 
 import argparse
@@ -9,10 +12,13 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from billing.invoices.cli import add_invoice_commands
+from billing.retention.cli import add_retention_commands
+from billing.stripe_sync.cli import add_stripe_commands
 from metering import migrate
-from metering.auth import service as keys
+from metering.auth.cli import add_key_commands
 from metering.config import get_settings
-from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
+from metering.db import make_engine, make_sessionmaker, resolve_database_url
 from metering.errors import MeteringError
 
 
@@ -77,58 +83,6 @@ def cmd_worker(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    engine = make_engine(resolve_database_url(settings), pool_size=1)
-    migrate.upgrade(engine)
-    with transaction(make_sessionmaker(engine)) as session:
-        created = keys.create_key(session, args.role, args.team, args.name)
-    print(f"id:   {created.id}\nrole: {created.role}"
-          + (f"\nteam: {created.team_id}" if created.team_id else "")
-          + f"\nkey:  {created.key}\n(shown once; only its digest is stored)")
-    return 0
-
-
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    engine = make_engine(resolve_database_url(settings), pool_size=1)
-    with transaction(make_sessionmaker(engine)) as session:
-        keys.revoke_key(session, args.id)
-    print(f"revoked {args.id}")
-    return 0
-
-
-def cmd_keys_list(_: argparse.Namespace) -> int:
-    settings = get_settings()
-    engine = make_engine(resolve_database_url(settings), pool_size=1)
-    with transaction(make_sessionmaker(engine)) as session:
-        for key in keys.list_keys(session):
-            state = "revoked" if key.revoked_at else "active"
-            print(f"{key.id}  {key.role:8} {key.team_id or '-':20} {key.prefix}…  {state}")
-    return 0
-
-
-def cmd_retention_run(args: argparse.Namespace) -> int:
-    from billing.retention import run_retention
-
-    settings = get_settings()
-    engine = make_engine(resolve_database_url(settings), pool_size=1)
-    migrate.upgrade(engine)
-    summary = run_retention(make_sessionmaker(engine), settings, dry_run=args.dry_run)
-    if summary.skipped:
-        print(f"skipped: {summary.skipped}")
-        return 0
-    what = "would drop" if summary.dry_run else "dropped"
-    print(f"sample retention{' (dry run)' if summary.dry_run else ''}: current month and "
-          f"{summary.retention_months} before it kept; horizon {summary.kept_from_before or '-'}"
-          f" -> {summary.kept_from or '-'}")
-    for verdict in summary.verdicts:
-        action = what if verdict.drop else "keep"
-        print(f"  {verdict.period}  {action:10} {verdict.bytes / 1e6:10.1f} MB  {verdict.reason}")
-    print(f"{what} {len(summary.dropped)} month(s), {summary.bytes_freed / 1e6:.1f} MB")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,29 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run the background jobs alone").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="apply migrations up to head").set_defaults(func=cmd_migrate)
 
-    keys_p = sub.add_parser("keys", help="manage API keys")
-    keys_sub = keys_p.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key (printed once)")
-    create.add_argument("--role", required=True, choices=["ingest", "team", "finance", "admin"])
-    create.add_argument("--team", default=None, help="the team a team key reads")
-    create.add_argument("--name", default=None)
-    create.set_defaults(func=cmd_keys_create)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
-    revoke.add_argument("id")
-    revoke.set_defaults(func=cmd_keys_revoke)
-    keys_sub.add_parser("list", help="list keys (never their secrets)").set_defaults(
-        func=cmd_keys_list)
-    retention_p = sub.add_parser("retention", help="drop per-minute samples past retention")
-    retention_sub = retention_p.add_subparsers(dest="retention_command", required=True)
-    retention_run = retention_sub.add_parser(
-        "run", help="drop sample months older than METERING_SAMPLE_RETENTION_MONTHS that are "
-                    "closed and invoiced")
-    retention_run.add_argument("--dry-run", action="store_true",
-                               help="say what would be dropped and why the rest is kept")
-    retention_run.set_defaults(func=cmd_retention_run)
-    from billing.invoices_cli import add_invoice_commands
-    from billing.stripe_sync.cli import add_stripe_commands
-
+    add_key_commands(sub)
+    add_retention_commands(sub)
     add_invoice_commands(sub)
     add_stripe_commands(sub)
     return parser

@@ -1,7 +1,9 @@
-"""The worker: APScheduler jobs for every sweep, in-process with `serve` or alone.
+"""The worker: APScheduler running every feature's periodic jobs, in-process with `serve` or
+alone.
 
-Every job is safe with several workers running at once (each takes database locks), so the
-worker scales out without coordination.
+Each feature declares its jobs and their intervals in its own `jobs.py`; the worker only
+collects them. Every job is safe with several workers running at once (each takes database
+locks), so the worker scales out without coordination.
 """
 
 from __future__ import annotations
@@ -9,22 +11,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing.invoices.close import close_due_periods
-from billing.retention import run_retention
+from billing.invoices import jobs as invoice_jobs
+from billing.retention import jobs as retention_jobs
 from billing.stripe_sync import jobs as stripe_jobs
-from metering import jobs as metering_jobs
-from metering import jobs_enforcement, observability
+from metering import observability
+from metering.admissions import jobs as admission_jobs
 from metering.config import Settings
+from metering.enforcement import jobs as enforcement_jobs
+from metering.executions import jobs as execution_jobs
+from metering.ingest import jobs as ingest_jobs
+from metering.scheduling import JobEntry
 
 log = logging.getLogger(__name__)
 
+Schedule = Callable[[sessionmaker[Session], Settings], list[JobEntry]]
 
-def _guarded(name: str, job: Callable[[], Any]) -> Callable[[], None]:
+SCHEDULES: tuple[Schedule, ...] = (
+    ingest_jobs.schedule, execution_jobs.schedule, admission_jobs.schedule,
+    enforcement_jobs.schedule, retention_jobs.schedule, invoice_jobs.schedule,
+    stripe_jobs.schedule)
+
+
+def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
     def run() -> None:
         started = time.perf_counter()
         failed = False
@@ -41,29 +53,9 @@ def _guarded(name: str, job: Callable[[], Any]) -> Callable[[], None]:
     return run
 
 
-def job_table(
-    sessions: sessionmaker[Session], settings: Settings
-) -> list[tuple[str, float, Callable[[], Any]]]:
-    """(name, interval seconds, function) for every periodic job."""
-    return [
-        ("refresh_liveness", max(settings.fold_interval_s / 2, 1.0),
-         lambda: metering_jobs.refresh_liveness_paced(sessions)),
-        ("fold_samples", settings.fold_interval_s * 6,
-         lambda: metering_jobs.fold_samples(sessions)),
-        ("settle_stale", settings.fold_interval_s * 2,
-         lambda: metering_jobs.settle_stale(sessions, settings.stale_after_s)),
-        ("purge_leases", 3600.0, lambda: metering_jobs.purge_leases(sessions)),
-        ("sample_partitions", 3600.0,
-         lambda: metering_jobs.maintain_sample_partitions(sessions)),
-        ("sample_retention", 3600.0, lambda: run_retention(sessions, settings)),
-        ("enforce_limits", settings.sweep_interval_s,
-         lambda: jobs_enforcement.sweep_enforcement(sessions, settings.stale_after_s)),
-        ("deliver_webhooks", settings.sweep_interval_s,
-         lambda: jobs_enforcement.deliver_webhooks(sessions, settings)),
-        ("close_due_periods", settings.close_interval_s,
-         lambda: close_due_periods(sessions, settings)),
-        *stripe_jobs.job_entries(sessions, settings),
-    ]
+def job_table(sessions: sessionmaker[Session], settings: Settings) -> list[JobEntry]:
+    """Every feature's periodic jobs."""
+    return [entry for schedule in SCHEDULES for entry in schedule(sessions, settings)]
 
 
 def start_scheduler(sessions: sessionmaker[Session], settings: Settings) -> BackgroundScheduler:

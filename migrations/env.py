@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from billing.models import metadata
-from metering.retention import include_name
+from metering.ingest.partitions import include_name
 
 config = context.config
 target_metadata = metadata

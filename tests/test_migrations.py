@@ -8,8 +8,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from billing.models import metadata
-from metering import migrate, retention
+from metering import migrate
 from metering.db import make_engine
+from metering.ingest import partitions as retention
 
 
 def test_upgrade_downgrade_upgrade_and_no_drift(database_url: str) -> None:

@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from billing.core.plans import Assignment
+from billing.core.plan_versions import Assignment
 from billing.core.rating import CreditGrant
 from billing.invoices.assemble import BilledUsage, PlanAssignment, PlanVersionRow, RatedTeam
 

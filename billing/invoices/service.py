@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from billing.core import plans as plans_core
+from billing.core import plan_versions as plans_core
 from billing.core.rating import rate
 from billing.invoices import repository as repo
 from billing.invoices.assemble import (

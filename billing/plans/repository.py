@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billing.core.plans import Assignment, Version
+from billing.core.plan_versions import Assignment, Version
 from billing.plans.models import AddOnRow, LimitOverrideRow, Plan, PlanVersion, TeamPlan
 from metering.core.limits import AddOn, LimitOverride, PlanLimits
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billing.core import plans as core
+from billing.core import plan_versions as core
 from billing.credits import service as credits
 from billing.plans import repository as repo
 from billing.plans.models import Plan, PlanVersion

@@ -3,17 +3,14 @@
 All are safe on any number of workers at once: invoices are claimed SKIP LOCKED with a lease,
 events are locked SKIP LOCKED while handled, and blocking a team is idempotent.
 
-`job_entries()` gives the worker's (name, interval seconds, function) rows, in the shape of
-`billing.worker.job_table`: the sync and the event retry only when an API key is configured,
-dunning always (it needs no Stripe call).
+`schedule()` gives the worker's entries: the sync and the event retry only when an API key is
+configured, dunning always (it needs no Stripe call).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +21,7 @@ from billing.stripe_sync.webhooks import handle_pending
 from metering.config import Settings
 from metering.core.clock import utc_now
 from metering.db import transaction
+from metering.scheduling import JobEntry
 from metering.teams.service import block_team
 
 log = logging.getLogger(__name__)
@@ -68,18 +66,17 @@ def enforce_dunning(sessions: sessionmaker[Session], dunning_days: int, *,
     return blocked
 
 
-def job_entries(sessions: sessionmaker[Session], settings: Settings,
-                ) -> list[tuple[str, float, Callable[[], Any]]]:
-    entries: list[tuple[str, float, Callable[[], Any]]] = [
-        ("stripe_dunning", DUNNING_INTERVAL_S,
-         lambda: enforce_dunning(sessions, settings.dunning_days)),
+def schedule(sessions: sessionmaker[Session], settings: Settings) -> list[JobEntry]:
+    entries = [
+        JobEntry("stripe_dunning", DUNNING_INTERVAL_S,
+                 lambda: enforce_dunning(sessions, settings.dunning_days)),
     ]
     if settings.stripe_api_key:
         gateway = StripeGateway.from_settings(settings)
         entries += [
-            ("stripe_sync", settings.stripe_sync_interval_s,
-             lambda: sync_invoices(sessions, gateway, settings)),
-            ("stripe_events", EVENTS_INTERVAL_S,
-             lambda: retry_stripe_events(sessions, gateway, settings)),
+            JobEntry("stripe_sync", settings.stripe_sync_interval_s,
+                     lambda: sync_invoices(sessions, gateway, settings)),
+            JobEntry("stripe_events", EVENTS_INTERVAL_S,
+                     lambda: retry_stripe_events(sessions, gateway, settings)),
         ]
     return entries

@@ -7,7 +7,7 @@
 - `sample_minutes`: one row per execution-minute with avg/max figures and, for exact
   deduplication forever, one 64-bit tag per sample: 48 bits of the (source, id) hash and 16
   bits of the content hash. About 8 bytes a sample instead of a row each. Partitioned by
-  UTC calendar month of `minute` (`sample_minutes_pYYYY_MM`, see `metering.retention`), so
+  UTC calendar month of `minute` (`sample_minutes_pYYYY_MM`, see `metering.ingest.partitions`), so
   that old months are dropped whole.
 - `sample_retention`: at most one row, the first month whose samples are still kept.
 """
@@ -72,7 +72,7 @@ class PendingSample(Base):
 
 class SampleMinute(Base):
     __tablename__ = "sample_minutes"
-    # Partitions are made by `metering.retention`, never by the ORM.
+    # Partitions are made by `metering.ingest.partitions`, never by the ORM.
     __table_args__ = (PrimaryKeyConstraint("execution_id", "minute"),
                       {"postgresql_partition_by": "RANGE (minute)"})
 

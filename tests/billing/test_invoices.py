@@ -22,7 +22,7 @@ from billing.invoices.assemble import (
     plan_periods,
     prepare,
 )
-from billing.invoices_cli import add_invoice_commands, cmd_close
+from billing.invoices.cli import add_invoice_commands, cmd_close
 from metering.config import Settings
 from metering.core.money import UnitPrices
 from tests.billing.test_close import (

@@ -23,10 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing import worker
 from billing.invoices import close as month_close
-from billing.retention import CLOSED_AND_INVOICED, HELD_BACK, RETENTION_LOCK, run_retention
-from metering import jobs, migrate, retention
+from billing.retention.service import CLOSED_AND_INVOICED, HELD_BACK, RETENTION_LOCK, run_retention
+from metering import migrate
 from metering.config import Settings
 from metering.db import make_engine, transaction
+from metering.ingest import jobs
+from metering.ingest import partitions as retention
 from tests.billing.test_close import iso, pin, put_team, query
 from tests.conftest import Keys, event
 
@@ -266,7 +268,7 @@ def test_retention_drops_only_months_closed_and_invoiced(
                  sandbox=sandboxes[AUG], time=iso(AUG + timedelta(days=3, hours=10, seconds=5)),
                  id="late-august", cpu_pct=50.0, memory_used_mib=300)
     assert post(client, api_keys, [late, kept])["accepted"] == 2
-    with caplog.at_level(logging.WARNING, logger="metering.jobs"):
+    with caplog.at_level(logging.WARNING, logger="metering.ingest.jobs"):
         assert jobs.fold_samples(sessions) == 2
     assert [r.samples for r in caplog.records
             if r.getMessage() == "discarded samples of months past sample retention"] == [1]

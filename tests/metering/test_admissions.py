@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
-from metering import jobs, observability
+from metering import observability
 from metering.core import clock
+from metering.ingest import jobs
 from tests.conftest import Keys, LiveServer, event
 
 

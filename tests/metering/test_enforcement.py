@@ -21,13 +21,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.app import create_app
-from metering import jobs, jobs_enforcement, plugins
+from metering import plugins
 from metering.config import Settings
 from metering.core import clock
 from metering.core.clock import rfc3339, utc_now
 from metering.core.limits import DEFAULT_PLAN_LIMITS
 from metering.core.money import UnitPrices
 from metering.db import transaction
+from metering.enforcement import jobs as jobs_enforcement
 from metering.enforcement import service
 from metering.enforcement.endpoints import router
 from metering.enforcement.watch import (
@@ -38,6 +39,7 @@ from metering.enforcement.watch import (
     next_look,
     seconds_to_money_event,
 )
+from metering.ingest import jobs
 from metering.plugins import DefaultBilling, Standing, TeamLimits
 from metering.teams.service import block_team
 from tests.conftest import Keys, event

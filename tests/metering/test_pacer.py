@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from metering import jobs
+from metering.ingest import jobs
 
 
 def test_a_slow_run_holds_the_next_back_for_three_times_its_length(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr("metering.jobs.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("metering.ingest.jobs.time.monotonic", lambda: now[0])
     pacer = jobs.Pacer(duty=0.25)
     assert pacer.due()  # never ran
     pacer.ran(started=now[0] - 2.0)  # a run of 2 s just ended

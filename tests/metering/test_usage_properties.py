@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session, sessionmaker
 
-from metering import jobs
+from metering.executions import jobs as execution_jobs
+from metering.ingest import jobs
 from tests.conftest import Keys
 
 BOUNDARY = datetime(2026, 10, 1, tzinfo=UTC)  # histories straddle Sep/Oct
@@ -155,7 +156,7 @@ def test_usage_api_equals_direct_integration(
         if number == fold_after:
             jobs.fold_samples(sessions)
         if number == settle_after:  # settled usage moves to the hourly rollups
-            jobs.settle_stale(sessions, stale_after_s=60)
+            execution_jobs.settle_stale(sessions, stale_after_s=60)
     jobs.refresh_liveness(sessions)
 
     lo_ms, hi_ms = -40 * HOUR - rng.randint(0, HOUR), 80 * HOUR + rng.randint(0, 2 * HOUR)

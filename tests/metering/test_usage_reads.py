@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from metering import jobs
 from metering.core import clock
+from metering.ingest import jobs
 from tests.conftest import Keys, event
 
 

@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from metering import jobs_enforcement
 from metering.config import Settings
 from metering.core import clock
 from metering.core.clock import utc_now
 from metering.db import transaction
+from metering.enforcement import jobs as jobs_enforcement
 from metering.enforcement import service
 from metering.enforcement.delivery import DeliveryPolicy, next_attempt_at, retry_delay
 from metering.enforcement.outbox import enqueue_message

@@ -1,4 +1,5 @@
-"""Metering's background work, as plain functions the scheduler (or a test) calls.
+"""Ingest's background work: the liveness refresh, the fold of pending samples into minute
+rows, and the sample partitions made ahead; plain functions the scheduler (or a test) calls.
 
 Each job runs in its own transaction and is safe to run on any number of workers at once:
 the fold takes an exclusive advisory lock, and the liveness refresh is a monotonic upsert.
@@ -8,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from metering import retention
-from metering.core.clock import from_ms, to_ms, utc_now
+from metering.config import Settings
+from metering.core.clock import utc_now
 from metering.db import transaction
-from metering.executions import repository as executions_repo
+from metering.ingest import partitions
 from metering.ingest import repository as ingest_repo
 from metering.ingest.service import FOLD_AGE
+from metering.scheduling import JobEntry
 
 log = logging.getLogger(__name__)
 
@@ -93,51 +95,34 @@ def _fold_batch(session: Session, watermark: datetime) -> ingest_repo.FoldBatch:
     one statement: the months known to have a partition are a process-wide memory, and the
     statement answers the months it lacks instead of failing on them."""
     ingest_repo.lock_fold(session)
-    kept_from = retention.kept_from(session)
-    months = set(retention.known_partitions.months(session))
+    kept_from = partitions.kept_from(session)
+    months = set(partitions.known_partitions.months(session))
     for _ in range(4):  # at worst: stale memory, then missing months, then the batch
         batch = ingest_repo.fold(session, watermark, FOLD_BATCH, kept_from=kept_from,
-                                 partitions=retention.as_multirange(months))
+                                 partitions=partitions.as_multirange(months))
         if batch.partitions_stale:  # dropped by someone else: ask the catalog again
-            retention.known_partitions.forget()
-            months = set(retention.attached_months(session))
+            partitions.known_partitions.forget()
+            months = set(partitions.attached_months(session))
         elif batch.missing:
-            months |= retention.ensure_partitions(session, batch.missing)
+            months |= partitions.ensure_partitions(session, batch.missing)
         else:
             return batch
     raise RuntimeError("the fold still lacks sample partitions after making them")
 
 
-SETTLE_BATCH = 5_000
-
-
-def settle_stale(sessions: sessionmaker[Session], stale_after_s: int) -> int:
-    """Settle executions that went stale without a true end (they ended at their newest
-    event) into the hourly rollups. Safe on many workers: rows are claimed SKIP LOCKED."""
-    now = from_ms(to_ms(utc_now()))
-    total = 0
-    while True:
-        with transaction(sessions) as session:
-            ingest_repo.refresh_liveness(session)
-            settled = executions_repo.settle_stale(
-                session, now, timedelta(seconds=stale_after_s), SETTLE_BATCH)
-        total += len(settled)
-        if len(settled) < SETTLE_BATCH:
-            return total
-
-
-def purge_leases(sessions: sessionmaker[Session]) -> int:
-    """Forget leases that expired more than a day ago (they no longer hold anything)."""
-    from metering.admissions import repository as admissions_repo
-
-    with transaction(sessions) as session:
-        return admissions_repo.purge(session, utc_now() - timedelta(days=1))
-
-
 def maintain_sample_partitions(sessions: sessionmaker[Session]) -> list[datetime]:
     """Make the current and the next month's sample partitions ahead of need."""
-    made = retention.precreate(sessions, utc_now())
+    made = partitions.precreate(sessions, utc_now())
     if made:
         log.info("sample partitions made ahead", extra={
             "months": [m.strftime("%Y-%m") for m in made]})
     return made
+
+
+def schedule(sessions: sessionmaker[Session], settings: Settings) -> list[JobEntry]:
+    return [
+        JobEntry("refresh_liveness", max(settings.fold_interval_s / 2, 1.0),
+                 lambda: refresh_liveness_paced(sessions)),
+        JobEntry("fold_samples", settings.fold_interval_s * 6, lambda: fold_samples(sessions)),
+        JobEntry("sample_partitions", 3600.0, lambda: maintain_sample_partitions(sessions)),
+    ]

@@ -15,7 +15,7 @@ Months go oldest first and the first month that must stay holds back the newer o
 horizon (`sample_retention.kept_from`, the first month kept) stays a single instant, and a
 late sample is stored or discarded by one comparison. A month without samples holds nothing
 back (there is nothing of it to keep). How the partitions are dropped is
-`metering.retention.advance_horizon`.
+`metering.ingest.partitions.advance_horizon`.
 
 The job is idempotent and runs on any number of workers: one run at a time holds
 `RETENTION_LOCK` (the others return at once), and a run with nothing to drop changes nothing.
@@ -31,10 +31,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from metering import retention as samples
 from metering.config import Settings
 from metering.core.clock import format_period, month_start, next_month_start, utc_now
 from metering.db import transaction
+from metering.ingest import partitions as samples
 from metering.usage import usage_totals
 
 log = logging.getLogger(__name__)

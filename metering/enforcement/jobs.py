@@ -1,4 +1,5 @@
-"""Enforcement's background work, as plain functions the scheduler (or a test) calls.
+"""Enforcement's background work (the sweep and the webhook delivery), as plain functions
+the scheduler (or a test) calls.
 
 Both are safe on any number of workers at once: the sweep runs on one worker at a time (a
 transaction-level advisory lock, tried, not waited for) and its kill orders and messages are
@@ -18,6 +19,7 @@ from metering.core.clock import utc_now
 from metering.db import transaction
 from metering.enforcement import delivery, service
 from metering.enforcement.watch import Watchlist
+from metering.scheduling import JobEntry
 
 
 def sweep_enforcement(
@@ -47,3 +49,12 @@ def deliver_webhooks(
     policy = policy or delivery.DeliveryPolicy(max_age_s=settings.webhook_max_age_s)
     return delivery.deliver_due(sessions, settings.orchestrator_webhook_url,
                                 settings.orchestrator_webhook_secret, policy, client)
+
+
+def schedule(sessions: sessionmaker[Session], settings: Settings) -> list[JobEntry]:
+    return [
+        JobEntry("enforce_limits", settings.sweep_interval_s,
+                 lambda: sweep_enforcement(sessions, settings.stale_after_s)),
+        JobEntry("deliver_webhooks", settings.sweep_interval_s,
+                 lambda: deliver_webhooks(sessions, settings)),
+    ]

@@ -1,0 +1,1 @@
+"""Retention of per-minute samples: which months may go (billing decides: closed and invoiced)."""
