@@ -36,7 +36,8 @@ from metering.config import Settings
 from metering.db import make_engine, make_sessionmaker, transaction
 from metering.enforcement import jobs as jobs_enforcement
 from metering.enforcement.delivery import DeliveryPolicy
-from metering.enforcement.signing import InvalidSignature, verify_signature
+from metering.enforcement.signing import verify_signature
+from metering.errors import InvalidSignature
 from metering.ingest import jobs
 from metering.ingest import service as ingest
 

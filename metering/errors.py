@@ -50,6 +50,12 @@ class PayloadTooLarge(MeteringError):
     code = "payload_too_large"
 
 
+class InvalidSignature(Exception):
+    """A signed message that does not verify: not signed with this secret, too old, or
+    malformed. Raised for the orchestrator channel's `Metering-Signature` and for Stripe's
+    webhooks alike; never an API answer by itself."""
+
+
 class StorageUnavailable(MeteringError):
     status_code = 503
     code = "storage_unavailable"

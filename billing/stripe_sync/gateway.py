@@ -18,6 +18,7 @@ import orjson
 import stripe
 
 from metering.config import Settings
+from metering.errors import InvalidSignature
 
 FailureKind = Literal["transient", "rate_limited", "conflict", "declined", "invalid", "auth"]
 
@@ -55,10 +56,6 @@ class StripeFailure(Exception):
 
 class CardDeclined(StripeFailure):
     """`pay` was refused by the customer's bank: a payment outcome, not a sync failure."""
-
-
-class InvalidSignature(Exception):
-    """A webhook whose `Stripe-Signature` does not verify (forged, stale, or malformed)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,6 @@ from starlette.concurrency import run_in_threadpool
 from billing.stripe_sync import planning
 from billing.stripe_sync import repository as repo
 from billing.stripe_sync.gateway import (
-    InvalidSignature,
     RemoteInvoice,
     StripeFailure,
     StripeGateway,
@@ -52,7 +51,7 @@ from billing.stripe_sync.service import apply_outcome, part_states
 from metering.config import Settings
 from metering.core.clock import utc_now
 from metering.db import transaction
-from metering.errors import BadRequest, MeteringError
+from metering.errors import BadRequest, InvalidSignature, MeteringError
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,11 @@ import hashlib
 import hmac
 import time
 
+from metering.errors import InvalidSignature
+
 SIGNATURE_HEADER = "Metering-Signature"
 MESSAGE_ID_HEADER = "Metering-Message-Id"
 DEFAULT_TOLERANCE_S = 300
-
-
-class InvalidSignature(Exception):
-    """The body was not signed with this secret, or the signature is too old or malformed."""
 
 
 def _digest(secret: str, timestamp: int, body: bytes) -> str:

@@ -34,9 +34,9 @@ from metering.core.clock import SIM_CLOCK_ENV, SimClock
 from metering.enforcement.signing import (
     MESSAGE_ID_HEADER,
     SIGNATURE_HEADER,
-    InvalidSignature,
     verify_signature,
 )
+from metering.errors import InvalidSignature
 from tests.conftest import SERVER_URL
 
 ROOT = Path(__file__).resolve().parents[2]

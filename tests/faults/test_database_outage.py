@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from metering_client import MeteringClient
 
-from metering.client import MeteringClient
 from tests.faults.conftest import Fleet, Service, read_usage, stored_counts
 from tests.faults.proxy import TcpProxy
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from metering_client import MeteringClient
 
-from metering.client import MeteringClient
 from tests.faults.conftest import Fleet, Service, read_usage, stored_counts
 
 pytestmark = pytest.mark.faults

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from metering_client import Backpressure, MeteringClient, Rejection
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from metering.client import Backpressure, MeteringClient, Rejection
 from metering.config import Settings
 from metering.db import transaction
 from tests.conftest import Keys, LiveServer, event
@@ -144,7 +144,7 @@ def test_answers_lost_after_the_commit_come_back_as_duplicates_not_double_counts
 
 CRASHING_ORCHESTRATOR = """
 import json, sys, time
-from metering.client import MeteringClient
+from metering_client import MeteringClient
 url, key, spool, path = sys.argv[1:]
 events = json.load(open(path))
 client = MeteringClient(url, key, spool_path=spool, max_batch=100, max_delay_s=0.05,
@@ -274,7 +274,7 @@ def test_admissions_and_the_kill_order_feed(
 def test_the_spool_compacts_acknowledged_records_and_survives_a_torn_tail(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from metering.client import ClientError, _Spool
+    from metering_client.client import ClientError, _Spool
 
     monkeypatch.setattr(_Spool, "COMPACT_BYTES", 200)
     path = tmp_path / "spool.jsonl"

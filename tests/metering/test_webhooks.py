@@ -28,10 +28,10 @@ from metering.enforcement.outbox import enqueue_message
 from metering.enforcement.signing import (
     MESSAGE_ID_HEADER,
     SIGNATURE_HEADER,
-    InvalidSignature,
     sign,
     verify_signature,
 )
+from metering.errors import InvalidSignature
 
 SECRET = "whsec_test_0123456789"
 FAST = DeliveryPolicy(backoff_base_s=0.02, backoff_cap_s=0.1, timeout_s=2.0)

@@ -23,8 +23,8 @@ Delivery guarantees for events:
 - Backpressure: once `max_buffer` events are held in memory (the spool does not count),
   `emit` blocks, and raises `Backpressure` after its timeout, instead of growing without bound.
 
-Only the standard library and httpx: the client is meant to be copied into (or installed
-with) the orchestrator, so it must not pull in the service's own dependencies.
+Only the standard library and httpx: the client is its own package (`clients/python`), installed
+into the orchestrator without the service, so it must not pull in the service's dependencies.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
-class Admission:
+class AdmissionAnswer:
     """The answer to `POST /v1/admissions`: a lease, or a refusal with its reason."""
 
     admitted: bool
@@ -122,7 +122,7 @@ class Admission:
     message: str | None = None
 
     @classmethod
-    def from_response(cls, status: int, body: Mapping[str, Any]) -> Admission:
+    def from_response(cls, status: int, body: Mapping[str, Any]) -> AdmissionAnswer:
         return cls(
             admitted=bool(body.get("admitted")), status=status,
             lease_id=body.get("lease_id"), max_duration_s=body.get("max_duration_s"),
@@ -746,7 +746,7 @@ class MeteringClient:
     def admit(
         self, team_id: str, sandbox_id: str, vcpu: int, memory_mib: int, *,
         disk_mib: int | None = None, timeout_s: int | None = None, attempts: int = 3,
-    ) -> Admission:
+    ) -> AdmissionAnswer:
         """Ask whether the team may start this sandbox. Retried on outages: the service
         answers the same lease to the same `sandbox_id`, so a retry never takes two slots.
         Raises `MeteringUnavailable` when no answer came: failing open or closed is the
@@ -769,7 +769,7 @@ class MeteringClient:
 
         response = self._call("POST", "/v1/admissions", json=body, attempts=attempts,
                               accept=decided)
-        return Admission.from_response(response.status_code, response.json())
+        return AdmissionAnswer.from_response(response.status_code, response.json())
 
     def enforcement_actions(
         self, after: str | None = None, limit: int = 100, attempts: int = 3
