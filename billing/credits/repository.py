@@ -82,16 +82,67 @@ def balances(session: Session, team_id: str) -> list[GrantBalance]:
     return balances_from_rows(session.execute(BALANCES, {"t": team_id}))
 
 
-LAST_INVOICED = text(
-    "SELECT max(period) FROM invoices WHERE team_id = :t AND kind = 'period' "
-    "AND status NOT IN ('draft', 'void')")
+# Where a team's uninvoiced usage begins, and what live invoices billed from there on.
+#
+# A month is settled for a team when a live (finalized onwards, not void) period invoice
+# covers it, or when a close of it completed and left the team without an invoice (nothing to
+# bill then; a draft held back by verification does not settle it). The first unsettled month
+# from the team's first execution on is where uninvoiced usage begins, whatever months after
+# it were invoiced: their usage is read too, and what live invoices billed for them is
+# subtracted. Late usage of settled months before it counts once the next close bills it.
+# `min(start_at)` walks the (team_id, start_at) index; the rest are a few rows per month.
+UNBILLED = text("""
+WITH first AS (
+    SELECT date_trunc('month', min(start_at) AT TIME ZONE 'UTC') AS m
+    FROM executions WHERE team_id = :t AND start_at IS NOT NULL
+), months AS (
+    SELECT g.m AT TIME ZONE 'UTC' AS lo, to_char(g.m, 'YYYY-MM') AS p
+    FROM first, generate_series(
+        first.m, date_trunc('month', CAST(:now AS timestamptz) AT TIME ZONE 'UTC'),
+        interval '1 month') AS g(m)
+    WHERE first.m IS NOT NULL
+), open_from AS (
+    SELECT min(lo) AS lo, min(p) AS p FROM months
+    WHERE NOT EXISTS (
+        SELECT 1 FROM invoices i WHERE i.team_id = :t AND i.kind = 'period'
+          AND i.period = months.p AND i.status NOT IN ('draft', 'void'))
+      AND NOT (
+        EXISTS (SELECT 1 FROM invoice_close_runs r
+                WHERE r.period = months.p AND r.status = 'completed')
+        AND NOT EXISTS (SELECT 1 FROM invoices i
+                        WHERE i.team_id = :t AND i.period = months.p AND i.status = 'draft'))
+)
+SELECT o.lo,
+       (SELECT json_agg(json_build_array(
+                CAST(b.vp AS text), CAST(b.gp AS text), CAST(b.v AS text), CAST(b.m AS text))) FROM (
+            SELECT u.vcpu_second_price AS vp, u.gib_second_price AS gp,
+                   sum(u.vcpu_ms) AS v, sum(u.mib_ms) AS m
+            FROM invoice_usage u JOIN invoices i ON i.id = u.invoice_id
+            WHERE u.team_id = :t AND i.status NOT IN ('draft', 'void')
+              AND u.usage_period >= o.p
+            GROUP BY 1, 2) b)
+FROM open_from o
+""")
 
 
-def last_invoiced_period(session: Session, team_id: str) -> str | None:
-    """The newest month whose period invoice is final (not draft, not void)."""
-    return period_from_rows(session.execute(LAST_INVOICED, {"t": team_id}))
+@dataclass(frozen=True, slots=True)
+class Unbilled:
+    """Where uninvoiced usage begins (None: nothing to read) and what live invoices billed of
+    usage from then on, as (vCPU price, GiB price, vCPU-ms, MiB-ms) per price pair."""
+
+    since: datetime | None
+    billed: tuple[tuple[Decimal, Decimal, int, int], ...]
 
 
-def period_from_rows(rows: Any) -> str | None:
+def unbilled_from_rows(rows: Any) -> Unbilled:
     row = next(iter(rows), None)
-    return None if row is None or row[0] is None else str(row[0])
+    if row is None or row[0] is None:
+        return Unbilled(None, ())
+    # Sent as text: JSON numbers would come back as floats.
+    billed = tuple((Decimal(b[0] or 0), Decimal(b[1] or 0), int(b[2]), int(b[3]))
+                   for b in (row[1] or []))
+    return Unbilled(row[0], billed)
+
+
+def unbilled(session: Session, team_id: str, now: datetime) -> Unbilled:
+    return unbilled_from_rows(session.execute(UNBILLED, {"t": team_id, "now": now}))

@@ -1,8 +1,9 @@
 """Credits and standing: grants, their burn-down, and a team's live money position.
 
-Live credit used = what finalized invoices applied from the grants + the cost of usage not
-yet invoiced (running sandboxes up to now included). Grants burn in the ledger's order:
-lower priority number first, then soonest expiry, then oldest.
+Live credit used = what finalized invoices applied from the grants + the cost of all usage not
+yet on a finalized invoice, whatever its month (running sandboxes up to now included; a draft
+is not invoiced). Grants burn in the ledger's order: lower priority number first, then
+soonest expiry, then oldest.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from sqlalchemy.orm import Session
 from billing.credits import repository as repo
 from billing.plans.repository import TeamContext
 from metering.config import get_settings
-from metering.core.clock import EPOCH, month_start, next_month_start, parse_period
-from metering.core.money import add, mul
+from metering.core.clock import month_start
+from metering.core.money import UnitPrices, add, mul
 from metering.core.pricing import PriceSchedule
 from metering.errors import BadRequest
 from metering.plugins import Standing
@@ -69,10 +70,11 @@ WHERE e.team_id = :team_id AND e.end_at IS NULL AND e.inferred_end_at IS NULL
 @dataclass(frozen=True, slots=True)
 class Ledger:
     """The reads a standing starts from: the grants in burn-down order with what invoices
-    applied of each, the newest invoiced month, and what runs now (vCPU, MiB per sandbox)."""
+    applied of each, where uninvoiced usage begins (and what was billed after it), and what
+    runs now (vCPU, MiB per sandbox)."""
 
     grants: list[repo.GrantBalance]
-    last_invoiced: str | None
+    unbilled: repo.Unbilled
     running: list[tuple[int, int]]
 
 
@@ -81,7 +83,8 @@ def ledger_reads(team_id: str, now: datetime, *, credit: bool, burn: bool
     """The statements of a `Ledger` (only those asked for), to pipeline with others."""
     reads: list[tuple[Any, dict[str, Any]]] = []
     if credit:
-        reads += [(repo.BALANCES, {"t": team_id}), (repo.LAST_INVOICED, {"t": team_id})]
+        reads += [(repo.BALANCES, {"t": team_id}),
+                  (repo.UNBILLED, {"t": team_id, "now": now})]
     if burn:
         reads.append((_RUNNING_ALLOCATION, {"team_id": team_id, "now": now, "stale": _stale()}))
     return reads
@@ -89,12 +92,12 @@ def ledger_reads(team_id: str, now: datetime, *, credit: bool, burn: bool
 
 def ledger_from_rows(rows: list[list[Any]], *, credit: bool, burn: bool) -> Ledger:
     grants: list[repo.GrantBalance] = []
-    last = None
+    unbilled = repo.Unbilled(None, ())
     if credit:
         grants = repo.balances_from_rows(rows[0])
-        last = repo.period_from_rows(rows[1])
+        unbilled = repo.unbilled_from_rows(rows[1])
     running = [(int(r[0]), int(r[1])) for r in rows[-1]] if burn else []
-    return Ledger(grants, last, running)
+    return Ledger(grants, unbilled, running)
 
 
 def standing(
@@ -113,19 +116,19 @@ def standing(
         grants = [g for g in ledger.grants if g.expires_at is None or g.expires_at > now]
         granted = add(*(g.amount for g in grants)) if grants else zero
         applied = add(*(g.applied for g in grants)) if grants else zero
-        last = ledger.last_invoiced
-        unbilled_from = next_month_start(parse_period(last)[0]) if last else EPOCH
-        if unbilled_from < this_month:
-            # One read for both figures: [unbilled_from, month start) and [month start, now).
+        since = ledger.unbilled.since
+        billed = add(*(UnitPrices(vp, gp).cost(v, m) for vp, gp, v, m in ledger.unbilled.billed))
+        if since is not None and since < this_month:
+            # One read for both figures: [since, month start) and [month start, now).
             before, month_spend = (b.cost for b in priced_usage(
-                session, team_id, [unbilled_from, this_month, now], now, _stale(), schedule))
-            unbilled = add(before, month_spend)
-        elif unbilled_from == this_month:
-            month_spend = unbilled = usage_cost(session, team_id, this_month, now, now, schedule)
-        else:  # the current month already invoiced (a close run early by hand)
-            unbilled = usage_cost(session, team_id, unbilled_from, now, now, schedule)
-            if need_spend:
-                month_spend = usage_cost(session, team_id, this_month, now, now, schedule)
+                session, team_id, [since, this_month, now], now, _stale(), schedule))
+            unbilled = add(before, month_spend, -billed)
+        else:
+            # Nothing open before this month: this month's usage (unless a close already
+            # invoiced it early) less what live invoices billed of it.
+            month_spend = usage_cost(session, team_id, this_month, now, now, schedule) \
+                if since is not None or need_spend else zero
+            unbilled = add(month_spend if since is not None else zero, -billed)
         used = add(applied, unbilled)
     elif need_spend:
         month_spend = usage_cost(session, team_id, this_month, now, now, schedule)
