@@ -39,7 +39,7 @@ from billing.invoices import service
 from billing.invoices.assemble import PlanAssignment, RatedTeam, VersionUsage, plan_periods
 from billing.invoices.service import LATE_COMMIT_MARGIN, MonthContext
 from metering.config import Settings
-from metering.core.clock import format_period, month_start, utc_now
+from metering.core.clock import format_period, month_start, next_month_start, utc_now
 from metering.core.money import add, fmt_minor
 from metering.db import transaction
 from metering.errors import BadRequest, Conflict
@@ -305,26 +305,55 @@ def previous_period(now: datetime) -> str:
     return format_period(month_start(now) - timedelta(days=1))
 
 
+def _wants_run(run: repo.RunRow | None, now: datetime) -> bool:
+    """A month never closed, or whose last run failed, crashed or left teams out."""
+    if run is None:
+        return True
+    if run.status == "completed":
+        return False
+    return not (run.status == "running" and now - run.heartbeat_at < STALE_RUN)
+
+
+def due_periods(sessions: sessionmaker[Session], settings: Settings,
+                now: datetime | None = None) -> list[str]:
+    """Every ended month past its grace that still wants a close, oldest first: from the
+    first month anything could be billed for (an execution's start, a plan assignment) to
+    last month."""
+    now = now or utc_now()
+    last = previous_period(now)
+    try:
+        check_due(last, now, settings, force=False)
+    except (Conflict, BadRequest):
+        last = previous_period(month_start(now) - timedelta(days=1))
+    with transaction(sessions) as session:
+        first = repo.first_billable_month(session)
+        if first is None:
+            return []
+        runs = repo.latest_runs(session, first, last)
+    out: list[str] = []
+    cursor = month_start(first)
+    while format_period(cursor) <= last:
+        period = format_period(cursor)
+        if _wants_run(runs.get(period), now):
+            out.append(period)
+        cursor = next_month_start(cursor)
+    return out
+
+
 def close_due_periods(sessions: sessionmaker[Session], settings: Settings,
-                      now: datetime | None = None) -> CloseSummary | None:
-    """The scheduled job: close last month once its grace period has passed.
+                      now: datetime | None = None) -> list[CloseSummary]:
+    """The scheduled job: close every ended month that was never closed, oldest first, once
+    its grace period has passed (late usage of a month already closed goes on the next
+    invoice as an adjustment; a closed month is never reopened).
 
     Idempotent and cheap when there is nothing to do: a month whose latest run completed is
     left alone, as is one whose run is alive on another worker (fresh heartbeat). A run that
-    completed with errors or crashed is run again (it skips what exists)."""
+    completed with errors or crashed is run again (it skips what exists). A month that fails
+    stops the job, so that no newer month is closed ahead of it."""
     now = now or utc_now()
-    period = previous_period(now)
-    try:
-        check_due(period, now, settings, force=False)
-    except (Conflict, BadRequest):
-        return None
-    with transaction(sessions) as session:
-        run = repo.latest_run(session, period)
-    if run is not None:
-        if run.status == "completed":
-            return None
-        if run.status == "running" and now - run.heartbeat_at < STALE_RUN:
-            return None
-    summary = close_period(sessions, period, settings, now=now)
-    log.info("month closed", extra={"summary": summary.as_dict()})
-    return summary
+    done: list[CloseSummary] = []
+    for period in due_periods(sessions, settings, now):
+        summary = close_period(sessions, period, settings, now=now)
+        log.info("month closed", extra={"summary": summary.as_dict()})
+        done.append(summary)
+    return done

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from billing.core.plan_versions import Assignment
 from billing.core.rating import CreditGrant
 from billing.invoices.assemble import BilledUsage, PlanAssignment, PlanVersionRow, RatedTeam
+from metering.core.clock import format_period
 
 # One lock for every transaction that writes invoices, credit applications or invoice usage:
 # closes (per chunk of teams), voids. Two closers of the same month then take turns chunk by
@@ -472,6 +473,25 @@ class RunRow:
     started_at: datetime
     heartbeat_at: datetime
     finished_at: datetime | None
+
+
+def first_billable_month(session: Session) -> datetime | None:
+    """The earliest instant anything could be billed for: the first execution's start or the
+    first plan assignment (a fee). A scan of executions; the scheduled close asks it rarely."""
+    moment: datetime | None = session.execute(text("""
+        SELECT least((SELECT min(start_at) FROM executions),
+                     (SELECT min(effective_at) FROM team_plans))""")).scalar()
+    return moment
+
+
+def latest_runs(session: Session, first: datetime, last: str) -> dict[str, RunRow]:
+    """The latest close run of each month from `first`'s month to `last`."""
+    rows = session.execute(text("""
+        SELECT DISTINCT ON (period) id, period, status, started_at, heartbeat_at, finished_at
+        FROM invoice_close_runs WHERE period >= :lo AND period <= :hi
+        ORDER BY period, started_at DESC"""),
+        {"lo": format_period(first), "hi": last})
+    return {r.period: RunRow(*r) for r in rows}
 
 
 def latest_run(session: Session, period: str) -> RunRow | None:

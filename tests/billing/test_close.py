@@ -356,10 +356,10 @@ def test_the_scheduled_job_closes_last_month_once_after_the_grace(
     client: TestClient, api_keys: Keys, sessions: sessionmaker[Session], settings: Settings,
 ) -> None:
     pin(NOV + timedelta(days=10))
-    put_team(client, api_keys, "t_pro", "pro")
+    put_team(client, api_keys, "t_pro", "pro", NOV)
     run(client, api_keys, "t_pro", "p_nov", NOV + timedelta(days=2), HOUR)
-    assert month_close.close_due_periods(sessions, settings, DEC + timedelta(hours=1)) is None
+    assert month_close.close_due_periods(sessions, settings, DEC + timedelta(hours=1)) == []
     done = month_close.close_due_periods(sessions, settings, DEC + timedelta(hours=3))
-    assert done is not None and done.period == "2026-11" and done.invoices_made == 1
-    assert month_close.close_due_periods(sessions, settings, DEC + timedelta(hours=4)) is None
+    assert [(s.period, s.invoices_made) for s in done] == [("2026-11", 1)]
+    assert month_close.close_due_periods(sessions, settings, DEC + timedelta(hours=4)) == []
     assert query(sessions, "SELECT count(*) FROM invoice_close_runs")[0][0] == 1
