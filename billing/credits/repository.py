@@ -113,8 +113,8 @@ WITH first AS (
                         WHERE i.team_id = :t AND i.period = months.p AND i.status = 'draft'))
 )
 SELECT o.lo,
-       (SELECT json_agg(json_build_array(
-                CAST(b.vp AS text), CAST(b.gp AS text), CAST(b.v AS text), CAST(b.m AS text))) FROM (
+       (SELECT json_agg(json_build_array(CAST(b.vp AS text), CAST(b.gp AS text),
+                                         CAST(b.v AS text), CAST(b.m AS text))) FROM (
             SELECT u.vcpu_second_price AS vp, u.gib_second_price AS gp,
                    sum(u.vcpu_ms) AS v, sum(u.mib_ms) AS m
             FROM invoice_usage u JOIN invoices i ON i.id = u.invoice_id
