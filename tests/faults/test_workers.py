@@ -216,7 +216,7 @@ def test_worker_killed_mid_close_then_restarted_makes_each_invoice_once(
     api = Service(fault_database, scheduler=False, env=sim_clock_env(clock))
     services.append(api)
     api.start()
-    load_teams(fault_database, CLOSE_TEAMS, CLOSE_PRO, month - timedelta(days=10))
+    load_teams(fault_database, CLOSE_TEAMS, CLOSE_PRO, month)
     executions = month_of_usage(CLOSE_TEAMS, month)
     events = [e for x in executions for e in x.events()]
     ingest_s = post_events(api.url, api.create_key("ingest"), events)
@@ -306,7 +306,7 @@ def test_worker_killed_mid_stripe_sync_then_restarted_syncs_each_invoice_once(
     api = Service(fault_database, scheduler=False, env=sim_clock_env(clock))
     services.append(api)
     start_all(double.start, api.start)
-    load_teams(fault_database, teams, SYNC_PRO, month - timedelta(days=10))
+    load_teams(fault_database, teams, SYNC_PRO, month)
     executions = month_of_usage(teams, month)
     post_events(api.url, api.create_key("ingest"), [e for x in executions for e in x.events()])
     api.stop()
