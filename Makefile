@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit bench demo clean
+.PHONY: install run test lint typecheck unit bench demo clean api-docs
 
 # The orchestrator client is its own package (clients/python); the tests use it, so the dev
 # environment installs it beside the service.
@@ -27,6 +27,10 @@ run: install
 # The service plus a simulated orchestrator: the dashboard moves within a minute.
 demo: install
 	$(BIN)/python -m billing.demo
+
+# docs/api.md from the served OpenAPI document (a test fails when they differ).
+api-docs: install
+	$(BIN)/python -m billing.api_reference docs/api.md
 
 lint: install
 	$(BIN)/ruff check .

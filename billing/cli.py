@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
 from billing.db_cli import add_db_commands
+from billing.events_cli import add_events_commands
 from billing.invoices.cli import add_invoice_commands
 from billing.retention.cli import add_retention_commands
 from billing.stripe_sync.cli import add_stripe_commands
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_invoice_commands(sub)
     add_stripe_commands(sub)
     add_db_commands(sub)
+    add_events_commands(sub)
     return parser
 
 
@@ -139,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error of ours; stay silent on exit too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
     return code

@@ -164,6 +164,13 @@ def _sign_in_page(request: Request, principal: Principal | None, *, next_path: s
                   plain_http=plain_http, page="sign-in")
 
 
+@router.get("/")
+def site_root() -> Response:
+    """A person who opens the service's address lands on the dashboard (API clients never
+    ask for `/`; the API's reference is at `/docs`)."""
+    return RedirectResponse("/dashboard", status_code=307)
+
+
 @router.get("/dashboard")
 @router.get("/dashboard/")
 def dashboard_home(request: Request, session: SessionDep) -> Response:

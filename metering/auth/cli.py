@@ -17,6 +17,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     migrate.upgrade(engine)
     with transaction(make_sessionmaker(engine)) as session:
         created = keys.create_key(session, args.role, args.team, args.name)
+    if args.quiet:
+        print(created.key)
+        return 0
     print(f"id:   {created.id}\nrole: {created.role}"
           + (f"\nteam: {created.team_id}" if created.team_id else "")
           + f"\nkey:  {created.key}\n(shown once; only its digest is stored)")
@@ -50,6 +53,8 @@ def add_key_commands(sub: Any) -> None:
     create.add_argument("--role", required=True, choices=["ingest", "team", "finance", "admin"])
     create.add_argument("--team", default=None, help="the team a team key reads")
     create.add_argument("--name", default=None)
+    create.add_argument("-q", "--quiet", action="store_true",
+                        help="print the key alone (for KEY=$(metering keys create ... -q))")
     create.set_defaults(func=cmd_keys_create)
     revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("id")
