@@ -84,8 +84,11 @@ def _answers(stdout: str) -> list[Any]:
 def test_the_readme_first_steps_run_verbatim_from_a_clean_data_directory(tmp_path: Path) -> None:
     work = tmp_path / "clone"
     work.mkdir()
-    # A fresh clone's directory, with the environment `make install` made: no data yet.
-    for name in (".venv", "Makefile", "pyproject.toml"):
+    # A fresh clone's directory: the repository's files (linked, so `make` sees the same
+    # times and finds the environment `make install` made up to date) and no data yet.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in {path.split("/")[0] for path in tracked} | {".venv"}:
         (work / name).symlink_to(ROOT / name)
     script = f"""
 set -euo pipefail
