@@ -86,7 +86,15 @@ from decimal import ROUND_DOWN, Decimal, localcontext
 from itertools import pairwise
 from typing import Literal, NamedTuple
 
-from metering.core.clock import format_period, from_ms, month_start, next_month_start, to_ms
+from billing.core.wording import money_text, month_text, plan_name, span_text, usage_text
+from metering.core.clock import (
+    format_period,
+    from_ms,
+    month_start,
+    next_month_start,
+    parse_period,
+    to_ms,
+)
 from metering.core.money import (
     EXACT,
     UnitPrices,
@@ -94,7 +102,6 @@ from metering.core.money import (
     decimal,
     div,
     fmt,
-    fmt_minor,
     gib_seconds,
     minor_unit,
     mul,
@@ -211,6 +218,7 @@ class CreditGrant:
     priority: int
     expires_at: datetime | None
     granted_at: datetime
+    label: str = "Credit"  # what the invoice calls it, e.g. "Welcome credit"
 
     def __post_init__(self) -> None:
         # A negative remaining is tolerated (and skipped): the live balance may overshoot.
@@ -282,6 +290,11 @@ class InvoiceLine:
     period: str | None = None  # only on adjustment lines: the month being corrected
     plan_code: str | None = None
     plan_version_id: str | None = None
+    # The stretch of time the line bills for: the plan's time in the month for fees and usage,
+    # the corrected month for adjustments, the invoice's month for credits.
+    service_start: datetime | None = None
+    service_end: datetime | None = None
+    grant_id: str | None = None  # on credit lines: the grant drawn on
 
 
 class CreditUse(NamedTuple):
@@ -407,32 +420,57 @@ class _Refs(NamedTuple):
     plan_version_id: str | None = None
 
 
+class _Service(NamedTuple):
+    """A line's service period and how its description names it (empty: the whole month)."""
+
+    start: datetime
+    end: datetime
+    text: str = ""
+
+
 def _resource_lines(
-    label: str,
+    prefix: str,
     prices: tuple[Decimal, Decimal],
     usage_ms: tuple[int, int],
     *,
     kinds: tuple[LineKind, LineKind],
     currency: str,
     refs: _Refs,
+    service: _Service,
 ) -> list[InvoiceLine]:
     """The vCPU and memory lines of one merged usage bucket; zero quantities give no line."""
     lines: list[InvoiceLine] = []
     quantities = (vcpu_seconds(usage_ms[0]), gib_seconds(usage_ms[1]))
-    units = ("vCPU-s", "GiB-s")
-    for kind, unit, quantity, price in zip(kinds, units, quantities, prices, strict=True):
+    for kind, quantity, price in zip(kinds, quantities, prices, strict=True):
         if quantity == 0:
             continue
         # The one rounding of this line, from the exact merged quantity.
         amount = round_minor(mul(quantity, price), currency)
-        description = f"{label}: {fmt(quantity)} {unit} x {fmt(price)}"
-        lines.append(InvoiceLine(kind, description, quantity, price, amount, *refs))
+        description = prefix + usage_text(kind, quantity, price, currency) + (
+            f" · {service.text}" if service.text else "")
+        lines.append(InvoiceLine(kind, description, quantity, price, amount, *refs,
+                                 service_start=service.start, service_end=service.end))
     return lines
 
 
-def _flat_line(kind: LineKind, description: str, amount: Decimal, refs: _Refs) -> InvoiceLine:
+def _flat_line(kind: LineKind, description: str, amount: Decimal, refs: _Refs,
+               service: _Service, grant_id: str | None = None) -> InvoiceLine:
     # Prorated fees, true-ups, credits: quantity 1 at the line's own (rounded) amount.
-    return InvoiceLine(kind, description, ONE, amount, amount, *refs)
+    return InvoiceLine(kind, description, ONE, amount, amount, *refs,
+                       service_start=service.start, service_end=service.end,
+                       grant_id=grant_id)
+
+
+def _group_service(group: _PlanGroup, month: tuple[int, int]) -> _Service:
+    """A plan group's time in the month; named in descriptions unless it is the whole month."""
+    if not group.intervals:  # usage under a version the team was not on: the month
+        return _Service(from_ms(month[0] * MS_PER_SECOND), from_ms(month[1] * MS_PER_SECOND))
+    lo = from_ms(group.first_second * MS_PER_SECOND)
+    hi = from_ms(max(end for _, end in group.intervals) * MS_PER_SECOND)
+    whole = group.intervals == [month]
+    spans = ", ".join(span_text(from_ms(a * MS_PER_SECOND), from_ms(b * MS_PER_SECOND))
+                      for a, b in group.intervals)
+    return _Service(lo, hi, "" if whole else spans)
 
 
 def _burn_order(grant: CreditGrant) -> tuple[int, bool, datetime, datetime, str]:
@@ -469,32 +507,35 @@ def rate(inp: RatingInput) -> RatedInvoice:
         acc[0] += piece.vcpu_ms
         acc[1] += piece.mib_ms
 
+    month_service = _Service(inp.period_start, inp.period_end)
     lines: list[InvoiceLine] = []
     for group in groups:
         code, version = group.key
         plan_refs = _Refs(plan_code=code, plan_version_id=version)
         seconds = group.seconds
+        service = _group_service(group, (month_lo, month_hi))
+        span = service.text or span_text(inp.period_start, inp.period_end)
         group_lines: list[InvoiceLine] = []
 
         fee = _prorate(group.monthly_fee, seconds, month_seconds, currency)
         if fee != 0:
-            spans = ", ".join(f"{_stamp(lo)} to {_stamp(hi)}" for lo, hi in group.intervals)
-            description = (
-                f"Plan {code} ({version}) fee {fmt_minor(group.monthly_fee, currency)}/month, "
-                f"{spans} "
-                f"({seconds} of {month_seconds} s)"
-            )
-            group_lines.append(_flat_line("plan_fee", description, fee, plan_refs))
+            description = f"{plan_name(code)} plan · {span}"
+            if seconds != month_seconds:
+                share = div(seconds * 100, month_seconds).quantize(Decimal("0.1"))
+                description += (f" (prorated: {fmt(share)} % of "
+                                f"{money_text(group.monthly_fee, currency)} a month)")
+            group_lines.append(_flat_line("plan_fee", description, fee, plan_refs, service))
 
         for price_version_id, (vcpu_ms, mib_ms) in sorted(usage[group.key].items()):
             group_lines.extend(
                 _resource_lines(
-                    f"Usage on plan {code} at prices {price_version_id}",
+                    "",
                     book.prices(price_version_id),
                     (vcpu_ms, mib_ms),
                     kinds=("usage_vcpu", "usage_memory"),
                     currency=currency,
                     refs=plan_refs._replace(price_version_id=price_version_id),
+                    service=service,
                 )
             )
 
@@ -503,11 +544,12 @@ def rate(inp: RatingInput) -> RatedInvoice:
         shortfall = add(commitment, -charged)
         if shortfall > 0:
             description = (
-                f"Minimum commitment true-up, plan {code} ({version}): "
-                f"{fmt_minor(commitment, currency)} committed "
-                f"less {fmt_minor(charged, currency)} charged"
+                f"Minimum commitment · {plan_name(code)} plan · {span} · "
+                f"{money_text(commitment, currency)} committed, "
+                f"{money_text(charged, currency)} charged"
             )
-            group_lines.append(_flat_line("commitment_true_up", description, shortfall, plan_refs))
+            group_lines.append(_flat_line("commitment_true_up", description, shortfall,
+                                          plan_refs, service))
         lines.extend(group_lines)
 
     # Adjustments: merged per (corrected period, price version) before rounding.
@@ -520,14 +562,16 @@ def rate(inp: RatingInput) -> RatedInvoice:
         acc[0] += adj.vcpu_ms_delta
         acc[1] += adj.mib_ms_delta
     for (period, price_version_id), (vcpu_ms, mib_ms) in sorted(late.items()):
+        lo, hi = parse_period(period)
         lines.extend(
             _resource_lines(
-                f"Adjustment for {period}: late usage at prices {price_version_id}",
+                f"Late usage of {month_text(period)} · ",
                 book.prices(price_version_id),
                 (vcpu_ms, mib_ms),
                 kinds=("adjustment_vcpu", "adjustment_memory"),
                 currency=currency,
                 refs=_Refs(price_version_id=price_version_id, period=period),
+                service=_Service(lo, hi),
             )
         )
 
@@ -551,14 +595,16 @@ def rate(inp: RatingInput) -> RatedInvoice:
             continue  # nothing owed any more, or less than one minor unit left in the grant
         owed = add(owed, -use)
         credit_usage.append(CreditUse(grant.grant_id, use))
-        lines.append(_flat_line("credit", f"Credit {grant.grant_id} applied", -use, _Refs()))
+        lines.append(_flat_line("credit", f"Credit applied · {grant.label}", -use, _Refs(),
+                                month_service, grant_id=grant.grant_id))
     credits_applied = round_minor(add(*(use.amount for use in credit_usage)), currency)
 
     carry_forward = -subtotal if subtotal < 0 else round_minor(ZERO, currency)
     if carry_forward > 0:
-        owed_back = fmt_minor(carry_forward, currency)
-        description = f"Credit balance of {owed_back} carried forward as a credit grant"
-        lines.append(_flat_line("carry_forward", description, carry_forward, _Refs()))
+        owed_back = money_text(carry_forward, currency)
+        description = f"Credit balance carried forward · {owed_back} becomes a credit grant"
+        lines.append(_flat_line("carry_forward", description, carry_forward, _Refs(),
+                                month_service))
 
     total = round_minor(add(*(line.amount for line in lines)), currency)
     # Invariants that the rules above guarantee; cheap enough to keep as a tripwire.

@@ -83,7 +83,9 @@ def test_plan_change_on_the_16th_of_a_30_day_month_bills_half_the_fee() -> None:
     )
     inv = rate(month(NOV, plan_periods=plans))
     assert amounts(inv) == [("plan_fee", D("75.00"))]
-    assert "1296000 of 2592000 s" in inv.lines[0].description
+    assert inv.lines[0].description == (
+        "Pro plan · Nov 16 \u2013 Nov 30, 2026 (prorated: 50 % of $150.00 a month)")
+    assert (inv.lines[0].service_start, inv.lines[0].service_end) == (mid, DEC)
     assert inv.total == D("75.00")
 
 
@@ -202,7 +204,7 @@ def test_negative_adjustment_carries_forward() -> None:
     inv = rate(month(NOV, adjustments=(adj,), plan_periods=plans, credits=(grant,)))
     assert amounts(inv) == [("adjustment_vcpu", D("-140.00")), ("carry_forward", D("140.00"))]
     assert inv.lines[0].period == "2026-09"
-    assert "2026-09" in inv.lines[0].description
+    assert inv.lines[0].description.startswith("Late usage of September 2026 · vCPU time · ")
     assert (inv.subtotal, inv.credits_applied, inv.total) == (D("-140.00"), D(0), D(0))
     assert inv.carry_forward == D("140.00")
     assert inv.credit_usage == ()
@@ -620,3 +622,50 @@ def test_a_grant_is_exhausted_before_a_later_one_is_touched(inp: RatingInput) ->
             used.get(g.grant_id) == g.remaining.quantize(D("0.01"), rounding=ROUND_DOWN)
             for g in live
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Wording: what the customer reads
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_line_kind_reads_in_units_and_currency_with_no_internal_id() -> None:
+    mid = datetime(2026, 11, 16, tzinfo=UTC)
+    plans = (PlanPeriod("hobby", "pv_hobby_1", NOV, mid, D("0")),
+             PlanPeriod("enterprise", "pv_ent_7f3a", mid, DEC, D("3000"), D("6000")))
+    usage = (UsageSlice("pv_ent_7f3a", "enterprise", "pv_ent_7f3a", VCPU, GIB,
+                        3_501_691_364, 1024 * 1000 * 7),)
+    late = (Adjustment("2026-10", "pv_hobby_1", VCPU, GIB, 2 * HOUR_MS, 1024 * HOUR_MS),)
+    grants = (CreditGrant("cg_503f3ed36374b8ab", D("10"), 0, None, NOV, "Welcome credit"),)
+    inv = rate(month(NOV, usage=usage, plan_periods=plans, adjustments=late, credits=grants))
+    dash, times = "\u2013", "\u00d7"
+    assert [(line.kind, line.description) for line in inv.lines] == [
+        ("plan_fee",
+         f"Enterprise plan · Nov 16 {dash} Nov 30, 2026 (prorated: 50 % of $3,000.00 a month)"),
+        ("usage_vcpu",
+         f"vCPU time · 3,501,691.364 vCPU-s {times} $0.000014 · Nov 16 {dash} Nov 30, 2026"),
+        ("usage_memory", f"Memory · 7 GiB-s {times} $0.0000045 · Nov 16 {dash} Nov 30, 2026"),
+        ("commitment_true_up",
+         f"Minimum commitment · Enterprise plan · Nov 16 {dash} Nov 30, 2026 · "
+         "$3,000.00 committed, $1,549.02 charged"),
+        ("adjustment_vcpu",
+         f"Late usage of October 2026 · vCPU time · 7,200 vCPU-s {times} $0.000014"),
+        ("adjustment_memory",
+         f"Late usage of October 2026 · Memory · 3,600 GiB-s {times} $0.0000045"),
+        ("credit", "Credit applied · Welcome credit"),
+    ]
+    for line in inv.lines:
+        assert "pv_" not in line.description and "cg_" not in line.description
+        assert line.service_start is not None and line.service_end is not None
+    assert (inv.lines[4].service_start, inv.lines[4].service_end) == (
+        datetime(2026, 10, 1, tzinfo=UTC), NOV)
+    assert inv.lines[-1].grant_id == "cg_503f3ed36374b8ab"  # kept, for metadata
+    # A whole month on one plan names no dates on its usage lines.
+    whole = rate(month(NOV, plan_periods=(pro_all_month(),), usage=(
+        UsageSlice("pro-1", "pro", "pro-1", VCPU, GIB, HOUR_MS, 0),)))
+    assert [line.description for line in whole.lines] == [
+        f"Pro plan · Nov 1 {dash} Nov 30, 2026", f"vCPU time · 3,600 vCPU-s {times} $0.000014"]
+    negative = rate(month(NOV, plan_periods=(plans[0],), adjustments=(
+        Adjustment("2026-10", "pv_hobby_1", VCPU, GIB, -10_000_000_000, 0),)))
+    assert negative.lines[-1].description == (
+        "Credit balance carried forward · $140.00 becomes a credit grant")
