@@ -6,6 +6,7 @@ from billing.credits import models as _credits  # noqa: F401
 from billing.invoices import models as _invoices  # noqa: F401
 from billing.plans import models as _plans  # noqa: F401
 from billing.stripe_sync import models as _stripe  # noqa: F401
+from billing.verification import models as _verification  # noqa: F401
 from metering.admissions import models as _admissions  # noqa: F401
 from metering.auth import models as _auth  # noqa: F401
 from metering.db import Base

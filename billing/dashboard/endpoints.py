@@ -9,13 +9,9 @@ they are the page, not the API.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import time
 from collections.abc import Callable
-from datetime import datetime
-from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,12 +26,11 @@ from billing.dashboard import cookies, service
 from billing.dashboard import formatting as fmt
 from billing.dashboard import repository as repo
 from billing.dashboard.config import get_dashboard_settings
+from billing.invoices import export as invoice_export
 from metering.api.deps import SessionDep, SettingsDep
 from metering.auth.service import Principal, digest, resolve
 from metering.config import Settings
-from metering.core.clock import parse_period, rfc3339
-from metering.core.money import fmt as fmt_exact
-from metering.core.money import fmt_minor
+from metering.core.clock import parse_period
 from metering.errors import BadRequest, Forbidden, MeteringError, NotFound, Unauthorized
 
 router = APIRouter(include_in_schema=False)
@@ -330,25 +325,6 @@ class _Redirect(Exception):
         self.target = target
 
 
-TEXT_COLUMNS = {"number", "id", "team_id", "kind", "status", "line_kind", "description",
-                "plan_code", "stripe_invoice_id", "stripe_status"}
-
-
-MONEY_COLUMNS = {"subtotal", "credits_applied", "total", "amount"}
-
-
-def _cell(name: str, value: Any, currency: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        return fmt_minor(value, currency) if name in MONEY_COLUMNS else fmt_exact(value)
-    text = rfc3339(value) if isinstance(value, datetime) else str(value)
-    # A text cell starting like a formula is shown, not evaluated, by spreadsheets.
-    if name in TEXT_COLUMNS and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + text
-    return text
-
-
 @router.get("/dashboard/finance/invoices.csv")
 def finance_export(request: Request, session: SessionDep, period: str) -> Response:
     """The month's invoices and lines as CSV (the finance page's export link)."""
@@ -360,17 +336,9 @@ def finance_export(request: Request, session: SessionDep, period: str) -> Respon
         parse_period(period)
     except ValueError as exc:
         raise BadRequest(f"period: {exc}") from exc
-    rows = repo.export_rows(session, period)
-    columns = ["number", "id", "team_id", "period", "kind", "status", "currency", "subtotal",
-               "credits_applied", "total", "finalized_at", "stripe_invoice_id",
-               "stripe_status", "position", "line_kind", "description", "quantity",
-               "unit_price", "amount", "plan_code", "line_period"]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_cell(c, getattr(row, c), row.currency) for c in columns])
-    return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={
+    # The same file as `metering invoices export` and `GET /v1/invoices/export`.
+    body = invoice_export.csv_text(session, period)
+    return Response(body, media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="invoices-{period}.csv"',
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 

@@ -196,21 +196,6 @@ def invoiced_periods(session: Session, limit: int) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def export_rows(session: Session, period: str) -> list[Any]:
-    """One row per invoice line of the month (an invoice without lines once)."""
-    return list(session.execute(text(f"""
-        SELECT i.number, i.id, i.team_id, i.period, i.kind, i.status, i.currency,
-               i.subtotal, i.credits_applied, i.total, i.finalized_at, i.stripe_invoice_id,
-               i.stripe_status, l.position, l.kind AS line_kind, l.description, l.quantity,
-               l.unit_price, l.amount, l.plan_code, l.period AS line_period
-        FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
-        WHERE i.period = :period AND {VISIBLE}
-        ORDER BY i.number NULLS LAST, i.id, l.position"""), {"period": period}))
-
-
-# --- teams and credit -----------------------------------------------------------------------
-
-
 def teams_with_credit(session: Session, now: datetime, limit: int) -> list[Any]:
     """Teams holding an unexpired grant, with their name: the candidates for running out."""
     return list(session.execute(text("""

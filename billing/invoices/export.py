@@ -13,18 +13,22 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from sqlalchemy.orm import Session
 
+from billing.core.wording import UNITS
 from billing.invoices import repository as repo
 from billing.invoices.schemas import price_text
 from metering.core.clock import rfc3339
 from metering.core.money import add, fmt, fmt_minor
 
+# One naming for every export of invoices (the CLI's and the dashboard's are this one).
 CSV_COLUMNS = (
-    "invoice_number", "invoice_id", "team_id", "period", "kind", "corrects_invoice_id",
+    "invoice_number", "invoice_id", "team_id", "period", "invoice_kind", "corrects_invoice_id",
     "status", "currency", "subtotal", "credits_applied", "total", "finalized_at",
-    "stripe_invoice_id", "line_position", "line_kind", "line_description", "line_quantity",
-    "line_unit_price", "line_amount", "line_period", "line_price_version_id", "line_plan_code",
+    "stripe_invoice_id", "stripe_status", "line_position", "line_kind", "line_description",
+    "line_service_start", "line_service_end", "line_quantity", "line_unit", "line_unit_price",
+    "line_amount", "line_period", "line_plan_code", "line_metadata",
 )
 
 
@@ -42,15 +46,18 @@ def csv_rows(session: Session, period: str) -> Iterator[list[str]]:
         c = r.currency
         has_line = r.position is not None
         yield [
-            r.number or "", r.id, _text(r.team_id), r.period, r.kind, r.corrects_invoice_id or "",
+            _text(r.number), r.id, _text(r.team_id), r.period, r.kind, r.corrects_invoice_id or "",
             r.status, c, fmt_minor(r.subtotal, c), fmt_minor(r.credits_applied, c),
             fmt_minor(r.total, c), rfc3339(r.finalized_at) if r.finalized_at else "",
-            r.stripe_invoice_id or "",
+            r.stripe_invoice_id or "", r.stripe_status or "",
             str(r.position) if has_line else "", r.line_kind or "", _text(r.description),
-            fmt(r.quantity) if has_line else "",
+            rfc3339(r.service_start) if r.service_start else "",
+            rfc3339(r.service_end) if r.service_end else "",
+            fmt(r.quantity) if has_line else "", UNITS.get(r.line_kind or "", ""),
             price_text(r.unit_price, c) if has_line else "",
             fmt_minor(r.amount, c) if has_line else "", r.line_period or "",
-            r.price_version_id or "", r.plan_code or "",
+            r.plan_code or "",
+            orjson.dumps(r.details, option=orjson.OPT_SORT_KEYS).decode() if r.details else "",
         ]
 
 

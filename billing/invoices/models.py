@@ -96,7 +96,10 @@ class InvoiceLine(Base):
     price_version_id: Mapped[str | None] = mapped_column(String(40))
     plan_code: Mapped[str | None] = mapped_column(String(64))
     period: Mapped[str | None] = mapped_column(String(7))  # the month an adjustment corrects
-    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # internal ids
+    # What the line bills for, [start, end); none on lines stored before these columns.
+    service_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    service_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class InvoiceUsage(Base):

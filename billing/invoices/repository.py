@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -16,7 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from billing.core.plan_versions import Assignment
-from billing.core.rating import CreditGrant
+from billing.core.rating import CreditGrant, InvoiceLine
+from billing.core.wording import credit_label
 from billing.invoices.assemble import BilledUsage, PlanAssignment, PlanVersionRow, RatedTeam
 from metering.core.clock import format_period
 
@@ -206,7 +207,7 @@ def available_credits(
         return {}
     rows = session.execute(text(f"""
         SELECT g.team_id, g.id, g.currency, g.amount - coalesce(a.used, 0) AS remaining,
-               g.priority, g.expires_at, g.granted_at
+               g.priority, g.expires_at, g.granted_at, g.kind, g.reason
         FROM credit_grants g
         LEFT JOIN (
             SELECT ca.grant_id, sum(ca.amount) AS used
@@ -227,7 +228,8 @@ def available_credits(
     for r in rows:
         out[r.team_id].append(GrantRow(r.team_id, r.currency, CreditGrant(
             grant_id=r.id, remaining=r.remaining, priority=r.priority,
-            expires_at=r.expires_at, granted_at=r.granted_at)))
+            expires_at=r.expires_at, granted_at=r.granted_at,
+            label=credit_label(r.kind, r.reason))))
     return dict(out)
 
 
@@ -274,17 +276,26 @@ RETURNING id
 
 _INSERT_LINES = text("""
 INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, unit_price,
-                           amount, price_version_id, plan_code, period, details)
+                           amount, price_version_id, plan_code, period, details,
+                           service_start, service_end)
 SELECT invoice_id, position, kind, description, quantity, unit_price, amount,
-       price_version_id, plan_code, period, CAST(details AS jsonb)
+       price_version_id, plan_code, period, CAST(details AS jsonb), service_start, service_end
 FROM unnest(CAST(:invoice_id AS text[]), CAST(:position AS int[]), CAST(:kind AS text[]),
             CAST(:description AS text[]), CAST(:quantity AS numeric[]),
             CAST(:unit_price AS numeric[]), CAST(:amount AS numeric[]),
             CAST(:price_version_id AS text[]), CAST(:plan_code AS text[]),
-            CAST(:period AS text[]), CAST(:details AS text[]))
+            CAST(:period AS text[]), CAST(:details AS text[]),
+            CAST(:service_start AS timestamptz[]), CAST(:service_end AS timestamptz[]))
      AS u(invoice_id, position, kind, description, quantity, unit_price, amount,
-          price_version_id, plan_code, period, details)
+          price_version_id, plan_code, period, details, service_start, service_end)
 """)
+
+
+def line_metadata(line: InvoiceLine) -> dict[str, str]:
+    """What a line points back to, for finance and machines (never in its description)."""
+    found = {"price_version_id": line.price_version_id,
+             "plan_version_id": line.plan_version_id, "grant_id": line.grant_id}
+    return {k: v for k, v in found.items() if v}
 
 _INSERT_USAGE = text("""
 INSERT INTO invoice_usage (invoice_id, team_id, usage_period, price_version_id, vcpu_ms, mib_ms,
@@ -344,12 +355,15 @@ class StoredInvoice:
 
 def store_and_finalize(
     session: Session, items: Sequence[RatedTeam], *, now: datetime, usage_read_at: datetime,
-    kind: str = "period", corrects: str | None = None,
+    kind: str = "period", corrects: str | None = None, hold: Collection[str] = (),
+    made: dict[str, str] | None = None,
 ) -> list[StoredInvoice]:
     """Insert the invoices as drafts with their lines and usage, then number and finalize
     them, apply credits and turn carry-forwards into grants, in the caller's transaction.
 
-    A period invoice that already exists is left alone (not in the answer)."""
+    A period invoice that already exists is left alone (not in the answer). Teams in `hold`
+    keep their invoice a draft: unnumbered, applying no credit, out of Stripe. `made`, when
+    given, is filled with team -> id of every invoice inserted (drafts included)."""
     if not items:
         return []
     ordered = sorted(items, key=lambda item: item.team_id)
@@ -367,14 +381,14 @@ def store_and_finalize(
         "carry": [i.rated.carry_forward for i in ordered],
         "read_at": usage_read_at,
     })}
-    made = [(invoice_id, item) for invoice_id, item in zip(ids, ordered, strict=True)
-            if invoice_id in created]
-    if not made:
-        return []
+    inserted = [(invoice_id, item) for invoice_id, item in zip(ids, ordered, strict=True)
+                if invoice_id in created]
+    if made is not None:
+        made.update({item.team_id: invoice_id for invoice_id, item in inserted})
 
     lines: dict[str, list[Any]] = defaultdict(list)
     usage: dict[str, list[Any]] = defaultdict(list)
-    for invoice_id, item in made:
+    for invoice_id, item in inserted:
         for position, line in enumerate(item.rated.lines, start=1):
             lines["invoice_id"].append(invoice_id)
             lines["position"].append(position)
@@ -386,8 +400,10 @@ def store_and_finalize(
             lines["price_version_id"].append(line.price_version_id)
             lines["plan_code"].append(line.plan_code)
             lines["period"].append(line.period)
-            lines["details"].append(orjson.dumps({"plan_version_id": line.plan_version_id})
-                                    .decode() if line.plan_version_id else None)
+            metadata = line_metadata(line)
+            lines["details"].append(orjson.dumps(metadata).decode() if metadata else None)
+            lines["service_start"].append(line.service_start)
+            lines["service_end"].append(line.service_end)
         for record in item.usage_records:
             usage["invoice_id"].append(invoice_id)
             usage["team_id"].append(item.team_id)
@@ -401,6 +417,15 @@ def store_and_finalize(
         session.execute(_INSERT_LINES, dict(lines))
     if usage:
         session.execute(_INSERT_USAGE, dict(usage))
+    made_final = [(i, item) for i, item in inserted if item.team_id not in hold]
+    return _finalize(session, made_final, now, kind)
+
+
+def _finalize(session: Session, made: list[tuple[str, RatedTeam]], now: datetime, kind: str
+              ) -> list[StoredInvoice]:
+    """Number the drafts, finalize them, apply their credits and carry-forwards."""
+    if not made:
+        return []
 
     year = now.year
     last = int(session.execute(_TAKE_NUMBERS, {"year": year, "n": len(made)}).scalar_one())
@@ -473,6 +498,21 @@ class RunRow:
     started_at: datetime
     heartbeat_at: datetime
     finished_at: datetime | None
+
+
+def drop_drafts(session: Session, period: str, team_ids: Sequence[str]) -> int:
+    """Remove the teams' period drafts of `period` (held back by a verification that found
+    differences), so that a new close makes them again from what is stored now."""
+    ids = [r[0] for r in session.execute(text("""
+        SELECT id FROM invoices WHERE period = :p AND kind = 'period' AND status = 'draft'
+          AND team_id = ANY(CAST(:teams AS text[]))"""), {"p": period, "teams": list(team_ids)})]
+    if ids:
+        for table in ("invoice_verifications", "invoice_lines", "invoice_usage"):
+            session.execute(text(f"DELETE FROM {table} "
+                                 "WHERE invoice_id = ANY(CAST(:ids AS text[]))"), {"ids": ids})
+        session.execute(text("DELETE FROM invoices WHERE id = ANY(CAST(:ids AS text[]))"),
+                        {"ids": ids})
+    return len(ids)
 
 
 def first_billable_month(session: Session) -> datetime | None:
@@ -550,7 +590,7 @@ def lines_of(session: Session, invoice_ids: Sequence[str]) -> dict[str, list[Any
         return {}
     rows = session.execute(text("""
         SELECT invoice_id, position, kind, description, quantity, unit_price, amount,
-               price_version_id, plan_code, period
+               price_version_id, plan_code, period, service_start, service_end, details
         FROM invoice_lines WHERE invoice_id = ANY(CAST(:ids AS text[]))
         ORDER BY invoice_id, position"""), {"ids": list(invoice_ids)})
     out: dict[str, list[Any]] = defaultdict(list)
@@ -579,7 +619,11 @@ def export_rows(session: Session, period: str) -> list[Any]:
                i.currency, i.subtotal, i.credits_applied, i.total, i.finalized_at,
                i.stripe_invoice_id, l.position, l.kind AS line_kind, l.description,
                l.quantity, l.unit_price, l.amount, l.period AS line_period,
-               l.price_version_id, l.plan_code
+               l.price_version_id, l.plan_code, l.service_start, l.service_end,
+               i.stripe_status,
+               CASE WHEN l.price_version_id IS NULL THEN l.details
+                    ELSE jsonb_build_object('price_version_id', l.price_version_id)
+                         || coalesce(l.details, '{}') END AS details
         FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
         WHERE i.period = :p AND i.status <> 'draft'
         ORDER BY i.number NULLS LAST, i.id, l.position"""), {"p": period}))

@@ -14,8 +14,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from billing.core.rating import InvoiceLine as RatedLine
+from billing.core.wording import UNITS
 from billing.invoices.assemble import RatedTeam
 from billing.invoices.close import CloseSummary
+from billing.invoices.repository import line_metadata
 from metering.core.clock import rfc3339
 from metering.core.money import fmt, fmt_minor, round_minor
 
@@ -24,19 +26,33 @@ def price_text(value: Decimal, currency: str) -> str:
     return fmt_minor(value, currency) if value == round_minor(value, currency) else fmt(value)
 
 
+class ServicePeriodOut(BaseModel):
+    """The stretch of time a line bills for, [start, end)."""
+
+    start: str
+    end: str
+
+
 class LineOut(BaseModel):
-    """One invoice line; `amount` is rounded once, half-up, to the minor unit."""
+    """One invoice line; `amount` is rounded once, half-up, to the minor unit. The
+    description is written for the customer (units, prices with currency, dates); internal
+    ids (price and plan versions, credit grants) are in `metadata` only."""
 
     position: int
     kind: Literal["plan_fee", "usage_vcpu", "usage_memory", "commitment_true_up",
                   "adjustment_vcpu", "adjustment_memory", "credit", "carry_forward"]
     description: str
     quantity: str = Field(description="vCPU-seconds, GiB-seconds, or 1 for flat lines")
+    unit: str | None = Field(description="`vCPU-s` or `GiB-s`; null for flat lines")
     unit_price: str
     amount: str
+    currency: str
+    service_period: ServicePeriodOut | None = Field(
+        description="what the line bills for; null on lines stored before service periods")
     period: str | None = Field(None, description="on adjustment lines: the month corrected")
-    price_version_id: str | None = None
     plan_code: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict,
+                                     description="price_version_id, plan_version_id, grant_id")
 
 
 class StripeOut(BaseModel):
@@ -161,18 +177,33 @@ class RevenuePage(BaseModel):
 # --- conversions ---------------------------------------------------------------------------
 
 
+def _service(start: datetime | None, end: datetime | None) -> dict[str, str] | None:
+    if start is None or end is None:
+        return None
+    return {"start": rfc3339(start), "end": rfc3339(end)}
+
+
 def line_out(row: Any, currency: str) -> dict[str, Any]:
+    metadata = dict(row.details or {})
+    if row.price_version_id:
+        metadata.setdefault("price_version_id", row.price_version_id)
     return {"position": row.position, "kind": row.kind, "description": row.description,
-            "quantity": fmt(row.quantity), "unit_price": price_text(row.unit_price, currency),
-            "amount": fmt_minor(row.amount, currency), "period": row.period,
-            "price_version_id": row.price_version_id, "plan_code": row.plan_code}
+            "quantity": fmt(row.quantity), "unit": UNITS.get(row.kind),
+            "unit_price": price_text(row.unit_price, currency),
+            "amount": fmt_minor(row.amount, currency), "currency": currency,
+            "service_period": _service(row.service_start, row.service_end),
+            "period": row.period, "plan_code": row.plan_code,
+            "metadata": {k: str(v) for k, v in metadata.items() if v}}
 
 
 def rated_line_out(position: int, line: RatedLine, currency: str) -> dict[str, Any]:
     return {"position": position, "kind": line.kind, "description": line.description,
-            "quantity": fmt(line.quantity), "unit_price": price_text(line.unit_price, currency),
-            "amount": fmt_minor(line.amount, currency), "period": line.period,
-            "price_version_id": line.price_version_id, "plan_code": line.plan_code}
+            "quantity": fmt(line.quantity), "unit": UNITS.get(line.kind),
+            "unit_price": price_text(line.unit_price, currency),
+            "amount": fmt_minor(line.amount, currency), "currency": currency,
+            "service_period": _service(line.service_start, line.service_end),
+            "period": line.period, "plan_code": line.plan_code,
+            "metadata": line_metadata(line)}
 
 
 def _time(moment: datetime | None) -> str | None:

@@ -108,6 +108,7 @@ class DraftItem:
     currency: str
     description: str
     metadata: Mapping[str, str]
+    period: tuple[int, int] | None = None  # the line's service period, unix seconds
 
 
 def _when(ts: int | None) -> datetime | None:
@@ -298,6 +299,8 @@ class StripeGateway:
             "description": item.description,
             "metadata": dict(item.metadata),
         }
+        if item.period is not None:
+            params["period"] = {"start": item.period[0], "end": item.period[1]}
         try:
             created = self._client.v1.invoice_items.create(
                 params=params, options={"idempotency_key": idempotency_key})

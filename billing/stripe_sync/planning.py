@@ -26,8 +26,8 @@ What it decides:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 
@@ -56,6 +56,9 @@ class LineToSend:
     kind: str
     description: str
     amount_minor: int
+    service_start: datetime | None = None
+    service_end: datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)  # internal ids
 
 
 @dataclass(frozen=True, slots=True)

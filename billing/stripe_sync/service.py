@@ -279,7 +279,9 @@ class InvoiceSync:
             currency = invoice.currency.lower()
             lines = tuple(
                 LineToSend(line.position, line.kind, line.description,
-                           planning.to_minor(line.amount, currency))
+                           planning.to_minor(line.amount, currency), line.service_start,
+                           line.service_end,
+                           {k: str(v) for k, v in (line.details or {}).items() if v})
                 for line in repo.invoice_lines(session, invoice_id))
             return _Snapshot(
                 id=invoice.id, number=invoice.number, team_id=invoice.team_id,
@@ -422,8 +424,9 @@ class InvoiceSync:
             item = DraftItem(
                 customer=customer, invoice=stripe_id, amount=line.amount_minor,
                 currency=snapshot.currency, description=line.description,
-                metadata={"invoice_id": snapshot.id, "line_position": str(line.position),
-                          "kind": line.kind})
+                metadata={**line.metadata, "invoice_id": snapshot.id,
+                          "line_position": str(line.position), "kind": line.kind},
+                period=_item_period(line))
             key = planning.item_key(snapshot.id, line.position)
             self._call(partial(self.gateway.create_item, item, idempotency_key=key))
         finalized = self._call(lambda: self.gateway.finalize_invoice(
@@ -499,3 +502,12 @@ class InvoiceSync:
         with transaction(self.sessions) as session:
             self._save_progress(session, invoice_id, progress, now)
             repo.record_sync_failure(session, invoice_id, error, next_sync_at)
+
+
+def _item_period(line: LineToSend) -> tuple[int, int] | None:
+    """Stripe shows an item's period by its first and last day: the last second of the
+    line's [start, end) is its end."""
+    if line.service_start is None or line.service_end is None:
+        return None
+    start = int(line.service_start.timestamp())
+    return start, max(start, int(line.service_end.timestamp()) - 1)

@@ -173,8 +173,11 @@ def test_credits_burn_down_in_order_and_are_recorded(
     pin(NOV + timedelta(days=11))  # after the grants (re-pinning moved the clock back)
     close(sessions, settings, "2026-10")
     [invoice] = team_invoices(client, api_keys, "t_c")
-    credits = [(line["description"].split()[1], line["amount"])
+    credits = [(line["metadata"]["grant_id"], line["amount"])
                for line in invoice["lines"] if line["kind"] == "credit"]
+    # Named by the grant's reason for the customer; the grant's id only in metadata.
+    assert [line["description"] for line in invoice["lines"] if line["kind"] == "credit"] == [
+        "Credit applied · expiring", "Credit applied · forever", "Credit applied · late_low"]
     # priority 0 first, the expiring grant before the one that never expires, then priority 1.
     assert [(grants[g], a) for g, a in credits] == [
         ("expiring", "-50.00"), ("forever", "-20.00"), ("late_low", "-80.12")]

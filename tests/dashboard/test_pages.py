@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.dashboard import cookies
+from billing.invoices.export import CSV_COLUMNS
 from metering.auth import service as keys
 from metering.core.clock import format_period, month_start
 from metering.db import transaction
@@ -336,7 +337,8 @@ def test_finance_exports_the_month_as_csv(
     assert r.headers["content-type"].startswith("text/csv")
     assert 'filename="invoices-2026-09.csv"' in r.headers["content-disposition"]
     lines = r.text.strip().split("\n")
-    assert lines[0].startswith("number,id,team_id,period")
+    # The same columns as `metering invoices export`.
+    assert lines[0] == ",".join(CSV_COLUMNS)
     assert len(lines) == 3  # two lines of the one invoice
     assert lines[1].startswith("'=HYPERLINK(1),inv_csv,")  # a formula is shown, not run
     assert ",151.37," in lines[1]
