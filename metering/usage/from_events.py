@@ -1,0 +1,214 @@
+"""Usage integrated straight from the raw lifecycle events: the independent path.
+
+The service's own usage (segments, hourly rollups) is derived from the same events by
+`metering.executions.service.recompute` and kept up by deltas; a month close reads that. This
+module re-derives usage without it, in one SQL statement over `lifecycle_events`, so that an
+invoice can be checked against what the events say (`metering invoices verify`) and a charge
+can be traced to its executions as of the moment it was billed.
+
+The rules are the contract's, written again here rather than shared: an execution runs from
+its earliest created/resumed event (its vcpu and memory_mib are the first allocation) to its
+earliest paused/killed one (never before its start); `updated` events change the allocation
+from their time on (from the start, if stamped earlier), a field they leave out keeps its value;
+at the same millisecond a start sorts before updates, updates before ends, and ties break on
+(source, id). With no end event an execution runs while its newest event (of any type, the
+recorded `executions.last_event_at`) is less than `stale_after` old, and ended at that event
+after. Neither segments nor rollups are read.
+
+`received_by` reads the events as they stood at an instant (those stored by then), which is
+how an invoice is re-derived as of the moment its close read usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Part of a team's time to total separately (e.g. under one price version)."""
+
+    team_id: str
+    start: datetime
+    end: datetime
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionUsage:
+    """One execution's usage inside the windows asked for, from its events alone."""
+
+    execution_id: str
+    team_id: str
+    sandbox_id: str
+    template_id: str | None
+    start_at: datetime
+    stop_at: datetime  # its end (true or inferred), or "now" while it runs
+    end_inferred: bool  # no end event: ended at (or runs until) its newest event
+    running: bool
+    vcpu: int  # the first allocation
+    memory_mib: int
+    ms: int  # milliseconds inside the windows
+    vcpu_ms: int
+    mib_ms: int
+
+
+_BODY = """
+WITH ev AS (
+    SELECT le.execution_id, le.team_id, le.time, le.source, le.id, le.subject,
+           CASE WHEN le.type IN ('sandbox.lifecycle.created', 'sandbox.lifecycle.resumed')
+                THEN le.data ->> 'template_id' END AS template_id,
+           CASE WHEN le.type IN ('sandbox.lifecycle.created', 'sandbox.lifecycle.resumed') THEN 0
+                WHEN le.type = 'sandbox.lifecycle.updated' THEN 1 ELSE 2 END AS rank,
+           CAST(le.data ->> 'vcpu' AS bigint) AS vcpu,
+           CAST(le.data ->> 'memory_mib' AS bigint) AS mem
+    FROM lifecycle_events le
+    WHERE {scope}
+      AND (CAST(:received_by AS timestamptz) IS NULL
+           OR le.received_at <= CAST(:received_by AS timestamptz))
+), starts AS (
+    SELECT DISTINCT ON (execution_id) execution_id, team_id, subject, template_id,
+           time AS start_at, coalesce(vcpu, 1) AS vcpu, coalesce(mem, 0) AS mem
+    FROM ev WHERE rank = 0 ORDER BY execution_id, time, source, id
+), ends AS (
+    SELECT execution_id, min(time) AS end_at FROM ev WHERE rank = 2 GROUP BY execution_id
+), life AS (
+    SELECT s.execution_id, s.team_id, s.subject, s.template_id, s.start_at, s.vcpu, s.mem,
+           n.end_at IS NULL AS inferred,
+           n.end_at IS NULL AND x.last_event_at > CAST(:now AS timestamptz)
+                                                  - CAST(:stale AS interval) AS running,
+           greatest(s.start_at, CASE
+               WHEN n.end_at IS NOT NULL THEN n.end_at
+               WHEN x.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)
+                   THEN CAST(:now AS timestamptz)
+               ELSE coalesce(x.last_event_at, s.start_at) END) AS stop
+    FROM starts s LEFT JOIN ends n ON n.execution_id = s.execution_id
+    LEFT JOIN executions x ON x.execution_id = s.execution_id AND n.end_at IS NULL
+    WHERE s.start_at < CAST(:end AS timestamptz)
+), live AS (
+    SELECT * FROM life WHERE stop > CAST(:start AS timestamptz)
+), resized AS (
+    SELECT DISTINCT ev.execution_id FROM ev JOIN live USING (execution_id) WHERE ev.rank = 1
+), changes AS (
+    SELECT l.execution_id, l.start_at AS t, 0 AS rank, l.start_at AS at, '' AS source,
+           '' AS id, l.vcpu, l.mem
+    FROM live l JOIN resized USING (execution_id)
+    UNION ALL
+    SELECT e.execution_id, greatest(e.time, l.start_at), 1, e.time, e.source, e.id, e.vcpu,
+           e.mem
+    FROM ev e JOIN live l USING (execution_id)
+    WHERE e.rank = 1 AND greatest(e.time, l.start_at) < l.stop
+), ordered AS (
+    SELECT c.*,
+           count(c.vcpu) OVER w AS gv, count(c.mem) OVER w AS gm,
+           lead(c.t) OVER (PARTITION BY c.execution_id ORDER BY c.t, c.rank, c.at, c.source,
+                           c.id) AS next_t
+    FROM changes c
+    WINDOW w AS (PARTITION BY c.execution_id ORDER BY c.t, c.rank, c.at, c.source, c.id
+                 ROWS UNBOUNDED PRECEDING)
+), filled AS (
+    -- A field an update leaves out keeps the value it had: the first of its run of nulls.
+    SELECT o.execution_id, o.t, o.next_t,
+           first_value(o.vcpu) OVER (PARTITION BY o.execution_id, o.gv
+                                     ORDER BY o.t, o.rank, o.at, o.source, o.id) AS vcpu,
+           first_value(o.mem) OVER (PARTITION BY o.execution_id, o.gm
+                                    ORDER BY o.t, o.rank, o.at, o.source, o.id) AS mem
+    FROM ordered o
+), segs AS (
+    SELECT l.execution_id, l.team_id, l.vcpu, l.mem, l.start_at AS lo, l.stop AS hi
+    FROM live l WHERE NOT EXISTS (SELECT 1 FROM resized r WHERE r.execution_id = l.execution_id)
+    UNION ALL
+    SELECT f.execution_id, l.team_id, f.vcpu, f.mem, f.t,
+           least(coalesce(f.next_t, l.stop), l.stop)
+    FROM filled f JOIN live l USING (execution_id)
+), windows AS (
+    SELECT * FROM unnest(CAST(:w_team AS text[]), CAST(:w_lo AS timestamptz[]),
+                         CAST(:w_hi AS timestamptz[]), CAST(:w_index AS int[]))
+        AS w(team_id, lo, hi, idx)
+), pieces AS (
+    SELECT s.execution_id, s.team_id, coalesce(w.idx, 0) AS idx, s.vcpu, s.mem, m.ms
+    FROM segs s
+    LEFT JOIN windows w ON w.team_id = s.team_id AND w.lo < s.hi AND w.hi > s.lo
+    CROSS JOIN LATERAL (
+        SELECT CAST(extract(epoch FROM
+                   least(s.hi, coalesce(w.hi, CAST(:end AS timestamptz)))
+                   - greatest(s.lo, coalesce(w.lo, CAST(:start AS timestamptz)))) * 1000
+               AS bigint) AS ms) m
+    WHERE m.ms > 0 {window_rule}
+)
+"""
+
+# Per team and window: what an invoice's usage lines are made of.
+_PER_TEAM = """
+SELECT team_id, idx, CAST(sum(vcpu * ms) AS bigint), CAST(sum(mem * ms) AS bigint)
+FROM pieces GROUP BY team_id, idx
+"""
+
+# Per execution, with what the drill-down shows of it.
+_PER_EXECUTION = """
+SELECT l.execution_id, l.team_id, l.subject, l.template_id, l.start_at, l.stop, l.inferred,
+       l.running, l.vcpu, l.mem, CAST(sum(p.ms) AS bigint), CAST(sum(p.vcpu * p.ms) AS bigint),
+       CAST(sum(p.mem * p.ms) AS bigint)
+FROM pieces p JOIN live l USING (execution_id)
+GROUP BY l.execution_id, l.team_id, l.subject, l.template_id, l.start_at, l.stop, l.inferred,
+         l.running, l.vcpu, l.mem
+"""
+
+_ALL = "TRUE"
+_TEAMS = ("le.execution_id IN (SELECT execution_id FROM executions "
+          "WHERE team_id = ANY(CAST(:teams AS text[])))")
+_IDS = "le.execution_id = ANY(CAST(:ids AS text[]))"
+
+
+def _params(start: datetime, end: datetime, now: datetime, stale_after: timedelta,
+            received_by: datetime | None, windows: Sequence[Window]) -> dict[str, Any]:
+    return {"start": start, "end": end, "now": now, "stale": stale_after,
+            "received_by": received_by, "w_team": [w.team_id for w in windows],
+            "w_lo": [w.start for w in windows], "w_hi": [w.end for w in windows],
+            "w_index": [w.index for w in windows]}
+
+
+def team_usage(
+    session: Session, start: datetime, end: datetime, now: datetime, stale_after: timedelta,
+    *, received_by: datetime | None = None, team_ids: Sequence[str] | None = None,
+    windows: Sequence[Window] = (),
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """(team, window index) -> (vCPU-ms, MiB-ms) inside [start, end), from events alone.
+
+    A team with windows gets one total per window (they should tile [start, end)); any other
+    team one total, index 0. `team_ids` None: every team (one scan of the events)."""
+    params = _params(start, end, now, stale_after, received_by, windows)
+    scope = _ALL
+    if team_ids is not None:
+        scope = _TEAMS
+        params["teams"] = list(team_ids)
+    sql = _BODY.format(scope=scope, window_rule="") + _PER_TEAM
+    return {(str(r[0]), int(r[1])): (int(r[2] or 0), int(r[3] or 0))
+            for r in session.execute(text(sql), params)}
+
+
+def execution_usage(
+    session: Session, execution_ids: Sequence[str], windows: Sequence[Window], now: datetime,
+    stale_after: timedelta, *, received_by: datetime | None = None,
+) -> list[ExecutionUsage]:
+    """The named executions' usage inside `windows` (of their team), from events alone;
+    executions with nothing inside them are left out."""
+    if not execution_ids or not windows:
+        return []
+    start = min(w.start for w in windows)
+    end = max(w.end for w in windows)
+    params = _params(start, end, now, stale_after, received_by, windows)
+    params["ids"] = list(execution_ids)
+    # Only time inside a window counts (not the whole [start, end) span between windows).
+    sql = _BODY.format(scope=_IDS, window_rule="AND w.idx IS NOT NULL") + _PER_EXECUTION
+    return [ExecutionUsage(
+        execution_id=r[0], team_id=r[1], sandbox_id=r[2], template_id=r[3], start_at=r[4],
+        stop_at=r[5], end_inferred=bool(r[6]), running=bool(r[7]), vcpu=int(r[8]),
+        memory_mib=int(r[9]), ms=int(r[10] or 0), vcpu_ms=int(r[11] or 0),
+        mib_ms=int(r[12] or 0)) for r in session.execute(text(sql), params)]
