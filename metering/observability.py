@@ -93,6 +93,7 @@ class _Metrics:
     kill_orders: Counter
     job_duration: Histogram
     job_failures: Counter
+    invoice_verifications: Counter
 
 
 @lru_cache(maxsize=1)
@@ -147,6 +148,10 @@ def _metrics() -> _Metrics:
                                ["job"], buckets=JOB_BUCKETS, registry=r),
         job_failures=Counter("metering_job_failures", "Background job runs that raised.",
                              ["job"], registry=r),
+        invoice_verifications=Counter(
+            "metering_invoice_verifications",
+            "Invoices re-derived from raw events: `ok`, or `difference` (held as a draft by a "
+            "close, or reported by verify).", ["result"], registry=r),
     )
 
 
@@ -187,6 +192,13 @@ def observe_job(name: str, seconds: float, failed: bool = False) -> None:  # flo
     m.job_duration.labels(name).observe(seconds)
     if failed:
         m.job_failures.labels(name).inc()
+
+
+def observe_invoice_verifications(ok: int, failed: int) -> None:
+    """Count invoices checked against their raw events, by result."""
+    m = _metrics()
+    m.invoice_verifications.labels("ok").inc(ok)
+    m.invoice_verifications.labels("difference").inc(failed)
 
 
 def observe_kill_orders(reasons: Iterable[str]) -> None:

@@ -151,6 +151,30 @@ def _period(value: str) -> str:
     return value
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-derive the month's invoices from raw events; OK, or each difference and exit 1."""
+    from billing.verification import service as verification
+
+    settings = get_settings()
+    started = time.perf_counter()
+    with transaction(_sessions(2)) as session:
+        report = verification.verify_period(session, args.period, settings, team_id=args.team)
+    seconds = time.perf_counter() - started
+    bad = [c for c in report.checks if not c.ok]
+    for check in bad:
+        if check.error:
+            print(f"{check.team_id} {check.number or check.invoice_id}: cannot re-derive: "
+                  f"{check.error}")
+        for d in check.differences:
+            where = f"line {d.position}" if d.position is not None else "total"
+            print(f"{d.team_id} {d.invoice} {where} ({d.line}): stored {d.stored}, "
+                  f"recomputed {d.recomputed}")
+    verdict = "OK" if not bad else f"{len(bad)} invoice(s) differ"
+    print(f"verify {args.period}{' team ' + args.team if args.team else ''}: "
+          f"{len(report.checks)} invoices, {verdict} ({seconds:.1f} s)")
+    return 1 if bad else 0
+
+
 def add_invoice_commands(subparsers: Any) -> None:
     """Add `invoices close|list|show|export|revenue` to the `metering` parser."""
     invoices = subparsers.add_parser("invoices", help="month close and invoices")
@@ -184,3 +208,9 @@ def add_invoice_commands(subparsers: Any) -> None:
     rev = sub.add_parser("revenue", help="revenue by month and plan")
     rev.add_argument("--period", type=_period, default=None)
     rev.set_defaults(func=cmd_revenue)
+
+    verify = sub.add_parser(
+        "verify", help="re-derive a month's invoices from raw lifecycle events and compare")
+    verify.add_argument("--period", required=True, type=_period, help="e.g. 2026-10")
+    verify.add_argument("--team", default=None, help="one team's invoices only")
+    verify.set_defaults(func=cmd_verify)

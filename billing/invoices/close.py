@@ -13,6 +13,11 @@ Shape of a run:
    the credits left, rate, store drafts, number them (gap-free), finalize, apply credits,
    queue `invoice.finalized`. If a chunk fails, its teams are retried one per transaction, so
    one bad team costs only its own invoice; it is reported with the reason.
+   Before finalizing, each invoice is checked against its usage re-derived from the raw
+   lifecycle events (read once for the whole month in step 2, as of the same instant; see
+   `billing.verification`): a difference keeps that invoice a draft, out of Stripe, raises
+   `invoice.verification_failed` and is reported as a failure with the differences. Running
+   the close again drops such drafts and makes them anew from what is stored then.
 4. A run record (`invoice_close_runs`) with a heartbeat; a crashed run is resumed by running
    the close again, which skips what exists.
 
@@ -36,8 +41,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing.invoices import repository as repo
 from billing.invoices import service
-from billing.invoices.assemble import PlanAssignment, RatedTeam, VersionUsage, plan_periods
+from billing.invoices.assemble import (
+    PlanAssignment,
+    RatedTeam,
+    TeamFacts,
+    VersionUsage,
+    plan_periods,
+)
 from billing.invoices.service import LATE_COMMIT_MARGIN, MonthContext
+from billing.verification import service as verification
 from metering.config import Settings
 from metering.core.clock import format_period, month_start, next_month_start, utc_now
 from metering.core.money import add, fmt_minor
@@ -48,6 +60,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 500
 NOTHING_TO_BILL = "nothing to bill"
+VERIFICATION_FAILED = "held: verification found differences"
 FAILED = "failed"
 # A run whose heartbeat is older than this is taken for crashed by the scheduled job.
 STALE_RUN = timedelta(minutes=15)
@@ -111,6 +124,9 @@ class _Prepass:
     assignments: dict[str, list[PlanAssignment]]
     candidates: dict[str, list[str]]
     late: dict[str, dict[tuple[str, str], VersionUsage]]
+    # The same usage re-derived from the raw events, for the check before finalizing.
+    derived: dict[str, tuple[VersionUsage, ...]] = field(default_factory=dict)
+    derived_late: dict[str, dict[tuple[str, str], VersionUsage]] = field(default_factory=dict)
 
 
 def check_due(period: str, now: datetime, settings: Settings, force: bool) -> None:
@@ -137,7 +153,8 @@ def _billable_plan(assignments: Sequence[PlanAssignment], ctx: MonthContext) -> 
                and (p.end - p.start) >= timedelta(seconds=1) for p in periods)
 
 
-def _prepass(session: Session, period: str, now: datetime, settings: Settings) -> _Prepass:
+def _prepass(session: Session, period: str, now: datetime, settings: Settings,
+             check: bool = True) -> _Prepass:
     start, end = service.parse_billing_period(period)
     read_at = repo.db_now(session)  # before any usage is read
     ctx = MonthContext(period, start, end, now, settings.currency, repo.plan_versions(session))
@@ -149,12 +166,21 @@ def _prepass(session: Session, period: str, now: datetime, settings: Settings) -
     late = service.late_usage(session, candidates, now, settings)
     teams = set(usage) | set(candidates)
     teams |= {t for t, a in assignments.items() if t not in teams and _billable_plan(a, ctx)}
-    return _Prepass(ctx, read_at, sorted(teams), usage, assignments, candidates, late)
+    derived: dict[str, tuple[VersionUsage, ...]] = {}
+    derived_late: dict[str, dict[tuple[str, str], VersionUsage]] = {}
+    if check:
+        derived = verification.derived_usage(session, period, sorted(teams), read_at=read_at,
+                                             now=now, settings=settings)
+        derived_late = dict(verification.derived_late(session, candidates, read_at=read_at,
+                                                      now=now, settings=settings))
+    return _Prepass(ctx, read_at, sorted(teams), usage, assignments, candidates, late,
+                    derived, derived_late)
 
 
 def _rate_chunk(session: Session, pre: _Prepass, teams: Sequence[str], summary: CloseSummary,
-                ) -> tuple[list[RatedTeam], int]:
-    """Rate the chunk's teams that have no invoice yet; answer (rated, already existing)."""
+                ) -> tuple[list[RatedTeam], int, dict[str, TeamFacts]]:
+    """Rate the chunk's teams that have no invoice yet; answer (rated, already existing, the
+    facts they were rated from)."""
     existing = repo.existing_period_invoices(session, pre.ctx.period, teams)
     todo = [t for t in teams if t not in existing]
     known = repo.existing_teams(session, todo)
@@ -178,7 +204,7 @@ def _rate_chunk(session: Session, pre: _Prepass, teams: Sequence[str], summary: 
             rated.append(item)
         else:
             summary.skipped[NOTHING_TO_BILL] += 1
-    return rated, len(existing)
+    return rated, len(existing), facts
 
 
 def _count_made(summary: CloseSummary, stored: Sequence[repo.StoredInvoice]) -> None:
@@ -194,10 +220,27 @@ def _close_chunk(sessions: sessionmaker[Session], pre: _Prepass, teams: Sequence
     scratch = CloseSummary(summary.period, summary.dry_run)
     with transaction(sessions) as session:
         repo.lock_invoicing(session)
-        rated, existed = _rate_chunk(session, pre, teams, scratch)
+        repo.drop_drafts(session, pre.ctx.period, teams)
+        rated, existed, facts = _rate_chunk(session, pre, teams, scratch)
+        checks = {item.team_id: verification.check_rated(
+            facts[item.team_id], pre.ctx.versions, usage=pre.derived.get(item.team_id, ()),
+            late=pre.derived_late.get(item.team_id, {}), rated=item.rated,
+            period=pre.ctx.period) for item in rated}
+        held = {team for team, check in checks.items() if not check.ok}
+        made: dict[str, str] = {}
         stored = repo.store_and_finalize(session, rated, now=now,
-                                         usage_read_at=pre.usage_read_at)
+                                         usage_read_at=pre.usage_read_at, hold=held, made=made)
         service.notify_finalized(session, stored, now)
+        numbers = {invoice.team_id: invoice.number for invoice in stored}
+        recorded = [verification.for_invoice(checks[team], invoice_id, numbers.get(team))
+                    for team, invoice_id in made.items()]
+        verification.record(session, recorded, "close", now)
+        for check in recorded:
+            if not check.ok:
+                scratch.failures.append(TeamFailure(
+                    check.team_id, f"invoice {check.invoice_id} held as a draft: "
+                                   f"{check.reason()}"))
+                scratch.skipped[VERIFICATION_FAILED] += 1
     # Counted only once committed: a chunk that fails is redone team by team.
     summary.already_existed += existed + (len(rated) - len(stored))
     summary.skipped.update(scratch.skipped)
@@ -209,7 +252,7 @@ def _dry_chunk(sessions: sessionmaker[Session], pre: _Prepass, teams: Sequence[s
                summary: CloseSummary) -> None:
     session = sessions()
     try:
-        rated, existed = _rate_chunk(session, pre, teams, summary)
+        rated, existed, _ = _rate_chunk(session, pre, teams, summary)
     finally:
         session.rollback()
         session.close()
@@ -244,7 +287,7 @@ def close_period(
         summary.run_id = run_id
     try:
         with transaction(sessions) as session:
-            pre = _prepass(session, period, now, settings)
+            pre = _prepass(session, period, now, settings, check=not dry_run)
         summary.teams_considered = len(pre.teams)
         done = 0
         for index in range(0, len(pre.teams), max(chunk_size, 1)):
@@ -358,4 +401,11 @@ def close_due_periods(sessions: sessionmaker[Session], settings: Settings,
         level = logging.INFO if summary.teams_considered or summary.failures else logging.DEBUG
         log.log(level, "month closed", extra={"summary": summary.as_dict()})
         done.append(summary)
+        # The proof of the month as it now stands, recorded per invoice.
+        with transaction(sessions) as session:
+            report = verification.verify_period(session, period, settings, now=now)
+        level = logging.INFO if report.ok else logging.ERROR
+        log.log(level, "month verified", extra={
+            "period": period, "invoices": len(report.checks),
+            "differences": [c.reason() for c in report.checks if not c.ok][:20]})
     return done

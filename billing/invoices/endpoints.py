@@ -23,11 +23,14 @@ from billing.invoices.schemas import (
     InvoicePage,
     RevenuePage,
     UpcomingOut,
+    VerificationOut,
     VoidOut,
     close_out,
     invoice_out,
     upcoming_out,
+    verification_out,
 )
+from billing.verification import service as verification
 from metering.api.deps import PrincipalDep, SessionDep, SettingsDep, team_reader
 from metering.api.pagination import decode_cursor, encode_cursor
 from metering.auth.service import Principal
@@ -143,6 +146,20 @@ def get_invoice(invoice_id: str, session: SessionDep, principal: PrincipalDep
         raise NotFound(f"no invoice {invoice_id}")
     _visible(principal, invoice_id, row.team_id)
     return invoice_out(row, repo.lines_of(session, [row.id]).get(row.id, []))
+
+
+@router.get("/v1/invoices/{invoice_id}/verification", response_model=VerificationOut)
+def get_verification(invoice_id: str, session: SessionDep, principal: PrincipalDep
+                     ) -> dict[str, Any]:
+    """The last time the invoice was re-derived from raw lifecycle events, plan versions and
+    the credit ledger (by its close, after the close, or by finance's verify): whether it
+    matched, and each difference. A draft held back by a difference is visible to finance
+    only."""
+    row = repo.get_invoice(session, invoice_id)
+    if row is None or (row.status == "draft" and principal.role == "team"):
+        raise NotFound(f"no invoice {invoice_id}")
+    _visible(principal, invoice_id, row.team_id)
+    return verification_out(verification.last_result(session, row.id))
 
 
 @router.post("/v1/invoices/{invoice_id}/void", response_model=VoidOut)

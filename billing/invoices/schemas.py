@@ -246,3 +246,34 @@ def close_out(summary: CloseSummary) -> dict[str, Any]:
          "credits_applied": fmt_minor(p.credits_applied, p.currency),
          "total": fmt_minor(p.total, p.currency), "lines": p.lines}
         for p in summary.previews]}
+
+
+class DifferenceOut(BaseModel):
+    team_id: str
+    invoice: str
+    position: int | None = Field(description="the line; null for the invoice's total")
+    line: str
+    stored: str
+    recomputed: str
+
+
+class VerificationOut(BaseModel):
+    """An invoice re-derived from raw events: `ok`, or `difference` with each one."""
+
+    invoice_id: str
+    team_id: str
+    period: str
+    status: Literal["ok", "difference"]
+    verified_at: str
+    source: Literal["close", "verify"]
+    differences: list[DifferenceOut]
+    error: str | None = Field(None, description="why the invoice could not be re-derived")
+
+
+def verification_out(row: Any) -> dict[str, Any]:
+    differences = [d for d in row.differences if "error" not in d]
+    errors = [d["error"] for d in row.differences if "error" in d]
+    return {"invoice_id": row.invoice_id, "team_id": row.team_id, "period": row.period,
+            "status": "ok" if row.ok else "difference", "verified_at": rfc3339(row.verified_at),
+            "source": row.source, "differences": differences,
+            "error": errors[0] if errors else None}
