@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from billing.credits import repository as repo
@@ -25,7 +24,12 @@ from metering.core.money import UnitPrices, add, mul
 from metering.core.pricing import PriceSchedule
 from metering.errors import BadRequest
 from metering.plugins import Standing
-from metering.usage import priced_usage, usage_by_price_period
+from metering.usage import (
+    priced_usage,
+    running_allocations_from_rows,
+    running_allocations_read,
+    usage_by_price_period,
+)
 
 
 def grant_credit(
@@ -58,15 +62,6 @@ def usage_cost(session: Session, team_id: str, start: datetime, end: datetime,
     return total
 
 
-_RUNNING_ALLOCATION = text("""
-SELECT s.vcpu AS seg_vcpu, s.memory_mib AS seg_mem
-FROM executions e
-JOIN execution_segments s ON s.execution_id = e.execution_id AND s.end_at IS NULL
-WHERE e.team_id = :team_id AND e.end_at IS NULL AND e.inferred_end_at IS NULL
-  AND e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)
-""")
-
-
 @dataclass(frozen=True, slots=True)
 class Ledger:
     """The reads a standing starts from: the grants in burn-down order with what invoices
@@ -86,7 +81,7 @@ def ledger_reads(team_id: str, now: datetime, *, credit: bool, burn: bool
         reads += [(repo.BALANCES, {"t": team_id}),
                   (repo.UNBILLED, {"t": team_id, "now": now})]
     if burn:
-        reads.append((_RUNNING_ALLOCATION, {"team_id": team_id, "now": now, "stale": _stale()}))
+        reads.append(running_allocations_read(team_id, now, _stale()))
     return reads
 
 
@@ -96,7 +91,7 @@ def ledger_from_rows(rows: list[list[Any]], *, credit: bool, burn: bool) -> Ledg
     if credit:
         grants = repo.balances_from_rows(rows[0])
         unbilled = repo.unbilled_from_rows(rows[1])
-    running = [(int(r[0]), int(r[1])) for r in rows[-1]] if burn else []
+    running = running_allocations_from_rows(rows[-1]) if burn else []
     return Ledger(grants, unbilled, running)
 
 

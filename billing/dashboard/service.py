@@ -22,15 +22,12 @@ from billing.accounts import endpoints as accounts_api
 from billing.dashboard import formatting as fmt
 from billing.dashboard import repository as repo
 from billing.plans import service as plans
+from metering import usage as usage_service
 from metering.api.pagination import decode_cursor, encode_cursor
 from metering.auth.service import Principal
 from metering.config import Settings
-from metering.core.clock import EPOCH, format_period, month_start, rfc3339, utc_now
-from metering.core.money import fmt as fmt_exact
-from metering.core.money import gib_seconds, vcpu_seconds
+from metering.core.clock import format_period, month_start, rfc3339, utc_now
 from metering.errors import BadRequest, MeteringError, NotFound
-from metering.usage import endpoints as usage_api
-from metering.usage import execution_usage, now_ms_truncated, schedule_for
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +202,10 @@ def overview(session: Session, principal: Principal, settings: Settings, team_id
     balance = accounts_api.read_balance(team_id, session, principal)
     rng = chart_range(range_code)
     now = utc_now()
-    usage = usage_api.get_usage(team_id, session, principal, settings, start=rng.start(now),
-                                end=rng.end(now), granularity=rng.granularity)
-    running = usage_api.list_sandboxes(team_id, session, principal, settings, state="running",
-                                       start=None, end=None, limit=RUNNING_SHOWN, after=None)
+    usage = usage_service.usage_series(session, settings, team_id, rng.start(now), rng.end(now),
+                                       rng.granularity).model_dump()
+    running = usage_service.executions_page(session, settings, team_id, "running", None, None,
+                                            RUNNING_SHOWN, None).model_dump()
     currency = balance["currency"]
     return {
         "team": team_view(team),
@@ -228,29 +225,9 @@ def overview(session: Session, principal: Principal, settings: Settings, team_id
 def _shape(session: Session, settings: Settings, team_id: str, rows: list[Any]
            ) -> list[dict[str, Any]]:
     """Execution rows as `GET /v1/teams/{id}/sandboxes` answers them (search results come
-    from the dashboard's own query, so they are shaped here the same way)."""
-    now = now_ms_truncated()
-    stale = timedelta(seconds=settings.stale_after_s)
-    usage = execution_usage(session, [r.execution_id for r in rows], EPOCH,
-                                  now + timedelta(days=3650), now, stale)
-    schedule = schedule_for(session, team_id, EPOCH, now)
-    out = []
-    for r in rows:
-        vcpu_ms, mib_ms = usage.get(r.execution_id, (0, 0))
-        running = r.end_at is None and now - r.last_event_at < stale
-        ended_at = r.end_at if r.end_at is not None else (None if running else r.last_event_at)
-        out.append({
-            "execution_id": r.execution_id, "sandbox_id": r.sandbox_id, "team_id": r.team_id,
-            "template_id": r.template_id, "state": "running" if running else "ended",
-            "started_at": rfc3339(r.start_at), "ended_at": rfc3339(ended_at) if ended_at else None,
-            "end_kind": r.end_kind, "end_reason": r.end_reason,
-            "end_inferred": r.end_at is None and not running,
-            "vcpu": r.vcpu, "memory_mib": r.memory_mib,
-            "vcpu_seconds": fmt_exact(vcpu_seconds(vcpu_ms)),
-            "gib_seconds": fmt_exact(gib_seconds(mib_ms)),
-            "cost": fmt_exact(schedule.at(r.start_at).prices.cost(vcpu_ms, mib_ms)),
-        })
-    return out
+    from the dashboard's own query, so they are shaped by the same function)."""
+    return [e.model_dump() for e in usage_service.execution_rows(session, settings, team_id,
+                                                                  rows)]
 
 
 def _cursor(after: str | None) -> tuple[datetime, str] | None:
@@ -279,9 +256,9 @@ def executions(session: Session, principal: Principal, settings: Settings, team_
         next_cursor = (encode_cursor(rows[-1].start_at.isoformat(), rows[-1].execution_id)
                        if more and rows else None)
     else:
-        page = usage_api.list_sandboxes(team_id, session, principal, settings, state="ended",
-                                        start=None, end=None, limit=PAGE_SIZE, after=after)
-        data, next_cursor = page["data"], page["next_cursor"]
+        page = usage_service.executions_page(session, settings, team_id, "ended", None, None,
+                                            PAGE_SIZE, after)
+        data, next_cursor = [e.model_dump() for e in page.data], page.next_cursor
     return {
         "team": team_view(team), "query": query,
         "rows": [execution_row(e, currency, now) for e in data],
@@ -307,7 +284,7 @@ def sandbox(session: Session, principal: Principal, settings: Settings, team_id:
     hi = (last + timedelta(minutes=1)).replace(second=0, microsecond=0)
     first = min(r.start_at for r in rows)
     lo = max(first.replace(second=0, microsecond=0), hi - timedelta(hours=24))
-    metrics = usage_api.get_metrics(sandbox_id, session, principal, start=lo, end=hi)
+    metrics = usage_service.sandbox_metrics(session, principal, sandbox_id, lo, hi).model_dump()
     points = [{
         "t": m["minute"], "label": fmt.when(m["minute"]), "samples": m["samples"],
         "cpu_avg": m["cpu_pct_avg"], "cpu_max": m["cpu_pct_max"],

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from metering.db import driver
 from metering.plugins import Prefetch
+from metering.usage import running
 
 _KEY = "SELECT role, revoked_at FROM api_keys WHERE digest = %(digest)s"
 
@@ -34,12 +35,11 @@ WHERE sandbox_id = %(sandbox_id)s AND team_id = %(team_id)s AND consumed_at IS N
 ORDER BY created_at DESC LIMIT 1
 """
 
-_COUNTS = """
+_COUNTS = f"""
 SELECT
   (SELECT count(*) FROM executions e
-   WHERE e.team_id = %(team_id)s AND e.end_at IS NULL AND e.inferred_end_at IS NULL
-     AND e.start_at IS NOT NULL
-     AND e.last_event_at > CAST(%(now)s AS timestamptz) - CAST(%(stale)s AS interval)),
+   WHERE e.team_id = %(team_id)s AND e.start_at IS NOT NULL
+     AND {running(now="%(now)s", stale="%(stale)s")}),
   (SELECT count(*) FROM leases l
    WHERE l.team_id = %(team_id)s AND l.consumed_at IS NULL AND l.expires_at > %(now)s),
   (SELECT count(*) FROM leases l

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from metering.usage import RUNNING
+
 KILL_ORDER_LOCK = 0x6B696C6C  # "kill"
 
 
@@ -57,13 +59,12 @@ class KillOrderRow:
 # judging all of them every second costs one small index scan. Executions that already have
 # their kill order are left out: nothing more can happen to them. Each team's oldest come first
 # (unknown starts last), which the sweep relies on to stop early.
-_RUNNING = text("""
+_RUNNING = text(f"""
 SELECT e.execution_id, e.team_id, e.sandbox_id, e.start_at, (t.blocked_at IS NOT NULL),
        e.vcpu, e.memory_mib
 FROM executions e
 LEFT JOIN teams t ON t.id = e.team_id
-WHERE e.end_at IS NULL AND e.inferred_end_at IS NULL
-  AND e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)
+WHERE {RUNNING}
   AND NOT EXISTS (SELECT 1 FROM kill_orders k WHERE k.execution_id = e.execution_id)
 ORDER BY e.team_id, e.start_at, e.execution_id
 """)

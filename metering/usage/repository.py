@@ -32,8 +32,21 @@ SEGMENT_END = """
 # An execution with no end yet, true or inferred.
 OPEN = "e.end_at IS NULL AND e.inferred_end_at IS NULL"
 
-# Its newest event is younger than the staleness window: it counts as running.
-FRESH = "e.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)"
+
+def running(now: str = ":now", stale: str = ":stale") -> str:
+    """SQL: execution `e` runs at `now` (open, and its newest event younger than `stale`).
+    The bind names are the caller's: psycopg's pipelined statements pass `%(now)s`."""
+    return (f"{OPEN} AND e.last_event_at > CAST({now} AS timestamptz) "
+            f"- CAST({stale} AS interval)")
+
+
+RUNNING = running()
+
+
+def is_running(end_at: datetime | None, last_event_at: datetime, now: datetime,
+               stale_after: timedelta) -> bool:
+    """`running()` for a row already read (an inferred end only comes after staleness)."""
+    return end_at is None and now - last_event_at < stale_after
 
 _BUCKETED_SQL = """
 WITH seg AS (
@@ -179,15 +192,14 @@ ORDER BY e.start_at DESC, e.execution_id DESC
 LIMIT :limit
 """
 
-RUNNING = f"AND {OPEN} AND {FRESH}"
-ENDED = f"AND NOT ({OPEN} AND {FRESH})"
+_STATE = {"running": f"AND {RUNNING}", "ended": f"AND NOT ({RUNNING})"}
 
 
 def list_executions(
     session: Session, team_id: str, state: str | None, start: datetime, end: datetime,
     now: datetime, stale_after: timedelta, limit: int, after: tuple[datetime, str] | None,
 ) -> list[Any]:
-    state_sql = {"running": RUNNING, "ended": ENDED}.get(state or "", "")
+    state_sql = _STATE.get(state or "", "")
     cursor_sql = ""
     params: dict[str, Any] = {"team_id": team_id, "start": start, "end": end, "limit": limit,
                               "now": now, "stale": stale_after}
@@ -232,3 +244,22 @@ def sandbox_metrics(
     session: Session, sandbox_id: str, start: datetime, end: datetime
 ) -> list[Any]:
     return list(session.execute(_METRICS, {"sandbox_id": sandbox_id, "start": start, "end": end}))
+
+
+_RUNNING_ALLOCATIONS = text(f"""
+SELECT s.vcpu, s.memory_mib
+FROM executions e
+JOIN execution_segments s ON s.execution_id = e.execution_id AND s.end_at IS NULL
+WHERE e.team_id = :team_id AND {RUNNING}
+""")
+
+
+def running_allocations_read(team_id: str, now: datetime, stale_after: timedelta
+                             ) -> tuple[Any, dict[str, Any]]:
+    """The statement of `running_allocations`, to send in a caller's pipeline."""
+    return _RUNNING_ALLOCATIONS, {"team_id": team_id, "now": now, "stale": stale_after}
+
+
+def running_allocations_from_rows(rows: Any) -> list[tuple[int, int]]:
+    """(vCPU, MiB) allocated now by each running execution of the team."""
+    return [(int(r[0]), int(r[1])) for r in rows]

@@ -6,6 +6,7 @@ Prices come from the installed `Billing` (plan versions), see `metering.plugins`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -15,11 +16,31 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from metering import plugins
-from metering.core.clock import from_ms, month_start, next_month_start, to_ms, utc_now
-from metering.core.money import add
+from metering.api.pagination import decode_cursor, encode_cursor
+from metering.auth.service import Principal
+from metering.config import Settings
+from metering.core.clock import (
+    EPOCH,
+    from_ms,
+    month_start,
+    next_month_start,
+    rfc3339,
+    to_ms,
+    utc_now,
+)
+from metering.core.money import add, decimal, div, fmt, gib_seconds, vcpu_seconds
 from metering.core.pricing import PricePeriod, PriceSchedule
-from metering.errors import BadRequest
+from metering.errors import BadRequest, NotFound
 from metering.usage import repository as repo
+from metering.usage.schemas import (
+    ExecutionOut,
+    ExecutionPage,
+    MetricPoint,
+    MetricsOut,
+    UsageOut,
+    UsagePoint,
+    UsageTotals,
+)
 
 
 def schedule_for(session: Session, team_id: str, start: datetime, end: datetime) -> PriceSchedule:
@@ -127,3 +148,123 @@ def usage_by_price_period(
         slot[1] += piece.vcpu_ms
         slot[2] += piece.mib_ms
     return [PricedUsage(p, v, m) for p, v, m in merged.values()]
+
+
+# --- the answers of the usage endpoints ---------------------------------------------------
+
+
+def _stale(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.stale_after_s)
+
+
+def usage_series(
+    session: Session, settings: Settings, team_id: str, start: datetime | None,
+    end: datetime | None, granularity: str,
+) -> UsageOut:
+    """Usage and cost per bucket from `start` (default: the month's start) to `end` (now)."""
+    now = now_ms_truncated()
+    bounds = bucket_bounds(start or month_start(now), end or now, granularity)
+    buckets = priced_usage(session, team_id, bounds, now, _stale(settings))
+    total_v = sum(b.vcpu_ms for b in buckets)
+    total_m = sum(b.mib_ms for b in buckets)
+    total_c = sum((b.cost for b in buckets), start=vcpu_seconds(0))
+    return UsageOut(
+        team_id=team_id, granularity=granularity, currency=settings.currency,
+        series=[UsagePoint(
+            start=rfc3339(b.start), end=rfc3339(b.end),
+            vcpu_seconds=fmt(vcpu_seconds(b.vcpu_ms)), gib_seconds=fmt(gib_seconds(b.mib_ms)),
+            cost=fmt(b.cost)) for b in buckets],
+        totals=UsageTotals(vcpu_seconds=fmt(vcpu_seconds(total_v)),
+                           gib_seconds=fmt(gib_seconds(total_m)), cost=fmt(total_c)))
+
+
+def execution_rows(session: Session, settings: Settings, team_id: str, rows: Sequence[Any],
+                   now: datetime | None = None) -> list[ExecutionOut]:
+    """Execution rows (as `list_executions` reads them) with their state, usage and cost."""
+    now = now or now_ms_truncated()
+    stale = _stale(settings)
+    usage = repo.execution_usage(session, [r.execution_id for r in rows], EPOCH,
+                                 now + timedelta(days=3650), now, stale)
+    schedule = schedule_for(session, team_id, EPOCH, now)
+    out = []
+    for r in rows:
+        vcpu_ms, mib_ms = usage.get(r.execution_id, (0, 0))
+        running = repo.is_running(r.end_at, r.last_event_at, now, stale)
+        ended_at = r.end_at if r.end_at is not None else (None if running else r.last_event_at)
+        out.append(ExecutionOut(
+            execution_id=r.execution_id, sandbox_id=r.sandbox_id, team_id=r.team_id,
+            template_id=r.template_id, state="running" if running else "ended",
+            started_at=rfc3339(r.start_at), start_kind=r.start_kind,
+            ended_at=rfc3339(ended_at) if ended_at else None, end_kind=r.end_kind,
+            end_reason=r.end_reason, end_inferred=r.end_at is None and not running,
+            vcpu=r.vcpu, memory_mib=r.memory_mib, disk_mib=r.disk_mib,
+            last_event_at=rfc3339(r.last_event_at),
+            vcpu_seconds=fmt(vcpu_seconds(vcpu_ms)), gib_seconds=fmt(gib_seconds(mib_ms)),
+            # An execution is priced at the version in force at its start (shown figure only;
+            # invoices split usage at version boundaries exactly).
+            cost=fmt(schedule.at(r.start_at).prices.cost(vcpu_ms, mib_ms))))
+    return out
+
+
+def execution_cursor(after: str | None) -> tuple[datetime, str] | None:
+    """The (start, execution id) an executions page continues after."""
+    if not after:
+        return None
+    parts = decode_cursor(after)
+    try:
+        return datetime.fromisoformat(parts[0]), str(parts[1])
+    except (ValueError, IndexError, TypeError) as exc:
+        raise BadRequest("after: not a cursor this service issued") from exc
+
+
+def next_execution_cursor(rows: Sequence[Any], more: bool) -> str | None:
+    if not (more and rows):
+        return None
+    return encode_cursor(rows[-1].start_at.isoformat(), rows[-1].execution_id)
+
+
+def executions_page(
+    session: Session, settings: Settings, team_id: str, state: str | None,
+    start: datetime | None, end: datetime | None, limit: int, after: str | None,
+) -> ExecutionPage:
+    """The team's executions newest first (`running`/`ended`/all), with usage and cost."""
+    now = now_ms_truncated()
+    lo = start or datetime.fromtimestamp(0, now.tzinfo)
+    hi = end or now + timedelta(days=1)
+    rows = repo.list_executions(session, team_id, state, lo, hi, now, _stale(settings),
+                                limit + 1, execution_cursor(after))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ExecutionPage(data=execution_rows(session, settings, team_id, rows, now),
+                         next_cursor=next_execution_cursor(rows, more))
+
+
+def sandbox_metrics(
+    session: Session, principal: Principal, sandbox_id: str, start: datetime | None,
+    end: datetime | None,
+) -> MetricsOut:
+    """Per-minute cpu and memory of a sandbox the key may read (others: not found)."""
+    team_id = repo.sandbox_team(session, sandbox_id)
+    if team_id is None or not principal.can_read_team(team_id):
+        if principal.role not in ("team", "finance", "admin"):
+            principal.require("team", "finance")
+        raise NotFound(f"no sandbox {sandbox_id}")
+    now = now_ms_truncated()
+    hi = end or now + timedelta(minutes=1)
+    lo = start or hi - timedelta(hours=24)
+    if hi <= lo:
+        raise BadRequest("end: must be after start")
+    if hi - lo > timedelta(days=31):
+        raise BadRequest("start/end: at most 31 days of per-minute metrics at once")
+    points = []
+    for row in repo.sandbox_metrics(session, sandbox_id, lo, hi):
+        minute, samples, cpu_n, cpu_sum, cpu_max, mem_n, mem_sum, mem_max = row
+        points.append(MetricPoint(
+            minute=rfc3339(minute), samples=int(samples),
+            cpu_pct_avg=fmt(div(int(cpu_sum), int(cpu_n) * 100).quantize(decimal("0.01")))
+            if cpu_n else None,
+            cpu_pct_max=fmt(div(int(cpu_max), 100)) if cpu_max is not None else None,
+            memory_used_mib_avg=fmt(div(int(mem_sum), int(mem_n)).quantize(decimal("0.01")))
+            if mem_n else None,
+            memory_used_mib_max=mem_max))
+    return MetricsOut(sandbox_id=sandbox_id, data=points, next_cursor=None)
