@@ -13,8 +13,8 @@ what ingest produces for created/updated/killed events:
   spread over the whole month with millisecond times, so some cross into the next month;
 - `execution_segments`: one per execution, two for one in ten (an `updated` event doubling
   the vCPUs halfway);
-- `usage_rollups` computed from those segments by the same per-hour SQL as
-  `metering.executions.repository._ROLLUP_DELTA`;
+- `usage_rollups` computed from those segments by production's own rollup
+  (`metering.executions.repository.apply_rollup_delta`), in batches of executions;
 - 500 executions still open (no end event, stale since 30 min into the next month), which the
   close integrates live, as it must before the settle sweep has run.
 
@@ -49,6 +49,7 @@ from metering.core.clock import (
     utc_now,
 )
 from metering.db import make_engine, make_sessionmaker, transaction
+from metering.executions import repository as executions_repo
 from metering.usage import usage_totals
 
 TEAM = "'team_' || lpad(CAST(i AS text), 5, '0')"
@@ -104,22 +105,6 @@ LOAD = [
                date_trunc('milliseconds', start_at + (end_at - start_at) / 2), end_at,
                vcpu * 2, memory_mib
         FROM executions WHERE right(execution_id, 1) = '3'"""),
-    ("usage_rollups", """
-        INSERT INTO usage_rollups (team_id, hour, vcpu_ms, mib_ms)
-        SELECT s.team_id, h.hour, CAST(sum(s.vcpu * m.ms) AS bigint),
-               CAST(sum(s.memory_mib * m.ms) AS bigint)
-        FROM execution_segments s
-        JOIN executions e ON e.execution_id = s.execution_id
-        CROSS JOIN LATERAL (SELECT coalesce(s.end_at, e.inferred_end_at) AS seg_end) x
-        CROSS JOIN LATERAL generate_series(date_trunc('hour', s.start_at),
-                                           x.seg_end - interval '1 millisecond',
-                                           interval '1 hour') AS h(hour)
-        CROSS JOIN LATERAL (SELECT CAST(extract(epoch FROM
-            least(x.seg_end, h.hour + interval '1 hour') - greatest(s.start_at, h.hour))
-            * 1000 AS bigint) AS ms) m
-        WHERE (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)
-          AND x.seg_end > s.start_at
-        GROUP BY s.team_id, h.hour"""),
     ("open executions", """
         INSERT INTO executions (execution_id, team_id, sandbox_id, template_id, start_at,
                                 start_kind, vcpu, memory_mib, last_event_at, updated_at)
@@ -136,7 +121,7 @@ LOAD = [
 ]
 
 # Late usage: executions of the closed month whose events arrive after its close (written
-# now, as ingest would), with their segments and rollup deltas.
+# now, as ingest would), with their segments; their rollup deltas come from `roll_up`.
 LATE = [
     ("late executions", """
         INSERT INTO executions (execution_id, team_id, sandbox_id, template_id, start_at,
@@ -155,21 +140,6 @@ LATE = [
                                         memory_mib)
         SELECT execution_id, 0, team_id, start_at, end_at, vcpu, memory_mib
         FROM executions WHERE execution_id LIKE 'exe_late_%'"""),
-    ("late rollup deltas", """
-        INSERT INTO usage_rollups AS r (team_id, hour, vcpu_ms, mib_ms)
-        SELECT s.team_id, h.hour, CAST(sum(s.vcpu * m.ms) AS bigint),
-               CAST(sum(s.memory_mib * m.ms) AS bigint)
-        FROM execution_segments s
-        CROSS JOIN LATERAL generate_series(date_trunc('hour', s.start_at),
-                                           s.end_at - interval '1 millisecond',
-                                           interval '1 hour') AS h(hour)
-        CROSS JOIN LATERAL (SELECT CAST(extract(epoch FROM
-            least(s.end_at, h.hour + interval '1 hour') - greatest(s.start_at, h.hour))
-            * 1000 AS bigint) AS ms) m
-        WHERE s.execution_id LIKE 'exe_late_%'
-        GROUP BY s.team_id, h.hour
-        ON CONFLICT (team_id, hour) DO UPDATE SET
-            vcpu_ms = r.vcpu_ms + excluded.vcpu_ms, mib_ms = r.mib_ms + excluded.mib_ms"""),
 ]
 
 
@@ -186,17 +156,39 @@ def run_sql(url: str, statements: list[tuple[str, str]], params: dict[str, objec
     engine.dispose()
 
 
+ROLLUP_BATCH = 50_000
+
+
+def roll_up(url: str, pattern: str) -> None:
+    """Add the settled executions whose id is LIKE `pattern` to the hourly rollups, by the
+    same function ingest and the settle job use."""
+    engine = make_engine(url, pool_size=1)
+    began = time.perf_counter()
+    with transaction(make_sessionmaker(engine)) as session:
+        ids = list(session.execute(text(
+            "SELECT execution_id FROM executions WHERE execution_id LIKE :p "
+            "ORDER BY execution_id"), {"p": pattern}).scalars())
+        for i in range(0, len(ids), ROLLUP_BATCH):
+            executions_repo.apply_rollup_delta(session, ids[i:i + ROLLUP_BATCH], +1)
+    log(f"  rolled up {len(ids):,} executions in {time.perf_counter() - began:.1f} s")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE usage_rollups"))
+    engine.dispose()
+
+
 def load(url: str, teams: int, executions: int, start: datetime) -> None:
     end = next_month_start(start)
     run_sql(url, LOAD, {"teams": teams, "executions": executions, "start": start, "end": end,
                         "month_s": int((end - start).total_seconds()),
                         "plan_at": start - timedelta(days=40)})
+    roll_up(url, "exe_%")
 
 
 def add_late(url: str, teams: int, late: int, start: datetime) -> None:
     end = next_month_start(start)
     run_sql(url, LATE, {"teams": teams, "late": late, "start": start,
                         "month_s": int((end - start).total_seconds())})
+    roll_up(url, "exe_late_%")
 
 
 def check(sessions: sessionmaker[Session], settings: Settings, period: str, now: datetime,

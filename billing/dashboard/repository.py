@@ -6,8 +6,6 @@ Read-only; the caller's request session owns the transaction.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -113,20 +111,6 @@ def invoice(session: Session, invoice_id: str) -> Any | None:
     return session.execute(text(f"""
         SELECT {_INVOICE_COLUMNS} FROM invoices i WHERE i.id = :id AND {VISIBLE}"""),
         {"id": invoice_id}).first()
-
-
-def invoice_lines(session: Session, invoice_ids: Sequence[str]) -> dict[str, list[Any]]:
-    if not invoice_ids:
-        return {}
-    rows = session.execute(text("""
-        SELECT invoice_id, position, kind, description, quantity, unit_price, amount,
-               plan_code, period
-        FROM invoice_lines WHERE invoice_id = ANY(CAST(:ids AS text[]))
-        ORDER BY invoice_id, position"""), {"ids": list(invoice_ids)})
-    out: dict[str, list[Any]] = defaultdict(list)
-    for r in rows:
-        out[r.invoice_id].append(r)
-    return dict(out)
 
 
 def period_invoices(session: Session, period: str, limit: int) -> list[Any]:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from billing.accounts import endpoints as accounts_api
 from billing.dashboard import formatting as fmt
 from billing.dashboard import repository as repo
+from billing.invoices import repository as invoices_repo
 from billing.plans import service as plans
 from metering import usage as usage_service
 from metering.api.pagination import decode_cursor, encode_cursor
@@ -382,7 +383,7 @@ def invoice(session: Session, principal: Principal, team_id: str, invoice_id: st
     row = repo.invoice(session, invoice_id)
     if row is None or row.team_id != team_id:
         raise NotFound(f"no invoice {invoice_id}")
-    lines = repo.invoice_lines(session, [invoice_id]).get(invoice_id, [])
+    lines = invoices_repo.lines_of(session, [invoice_id]).get(invoice_id, [])
     return {"team": team_view(team), "invoice": invoice_summary(row),
             "lines": [line_view(line, row.currency) for line in lines]}
 

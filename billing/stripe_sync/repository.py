@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from billing.invoices.models import Invoice, InvoiceLine
+from billing.invoices.models import Invoice
 from billing.stripe_sync.models import StripeCustomer, StripeEvent, StripeInvoice
 from metering.teams.models import Team
 
@@ -87,11 +87,6 @@ def get_invoice(session: Session, invoice_id: str, *, lock: bool = False) -> Inv
 
 def get_team(session: Session, team_id: str) -> Team | None:
     return session.get(Team, team_id)
-
-
-def invoice_lines(session: Session, invoice_id: str) -> Sequence[InvoiceLine]:
-    return session.execute(select(InvoiceLine).where(InvoiceLine.invoice_id == invoice_id)
-                           .order_by(InvoiceLine.position)).scalars().all()
 
 
 def record_sync_failure(session: Session, invoice_id: str, error: str,

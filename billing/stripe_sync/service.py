@@ -45,6 +45,7 @@ from typing import Literal, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing.invoices import repository as invoices_repo
 from billing.invoices.models import Invoice
 from billing.stripe_sync import planning
 from billing.stripe_sync import repository as repo
@@ -282,7 +283,7 @@ class InvoiceSync:
                            planning.to_minor(line.amount, currency), line.service_start,
                            line.service_end,
                            {k: str(v) for k, v in (line.details or {}).items() if v})
-                for line in repo.invoice_lines(session, invoice_id))
+                for line in invoices_repo.lines_of(session, [invoice_id]).get(invoice_id, []))
             return _Snapshot(
                 id=invoice.id, number=invoice.number, team_id=invoice.team_id,
                 period=invoice.period, currency=currency,
