@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from sqlalchemy.orm import Session
 
-from billing.accounts import endpoints as accounts_api
+from billing.accounts import service as accounts
 from billing.dashboard import formatting as fmt
 from billing.dashboard import repository as repo
 from billing.invoices import repository as invoices_repo
@@ -199,8 +199,8 @@ def _end_text(e: dict[str, Any]) -> str:
 def overview(session: Session, principal: Principal, settings: Settings, team_id: str,
              range_code: str | None) -> dict[str, Any]:
     """The overview's figures, as the page renders them and its refresh answers them."""
-    team = accounts_api.get_team(team_id, session, principal)
-    balance = accounts_api.read_balance(team_id, session, principal)
+    team = accounts.read_team(session, principal, team_id).model_dump()
+    balance = accounts.read_balance(session, principal, team_id).model_dump()
     rng = chart_range(range_code)
     now = utc_now()
     usage = usage_service.usage_series(session, settings, team_id, rng.start(now), rng.end(now),
@@ -245,7 +245,7 @@ def executions(session: Session, principal: Principal, settings: Settings, team_
                query: str | None, after: str | None) -> dict[str, Any]:
     """Ended executions newest first, or - with a query - every execution whose sandbox id
     starts with it; `PAGE_SIZE` a page."""
-    team = accounts_api.get_team(team_id, session, principal)
+    team = accounts.read_team(session, principal, team_id).model_dump()
     currency = settings.currency
     now = utc_now()
     query = (query or "").strip()[:256]
@@ -273,7 +273,7 @@ def executions(session: Session, principal: Principal, settings: Settings, team_
 def sandbox(session: Session, principal: Principal, settings: Settings, team_id: str,
             sandbox_id: str) -> dict[str, Any]:
     """A sandbox's executions and its per-minute cpu and memory (the last 24 h of its life)."""
-    team = accounts_api.get_team(team_id, session, principal)
+    team = accounts.read_team(session, principal, team_id).model_dump()
     rows = repo.sandbox_executions(session, team_id, sandbox_id, PAGE_SIZE)
     if not rows:
         raise NotFound(f"no sandbox {sandbox_id}")
@@ -345,7 +345,7 @@ def line_view(line: Any, currency: str) -> dict[str, Any]:
 
 def invoices(session: Session, principal: Principal, settings: Settings, team_id: str
              ) -> dict[str, Any]:
-    team = accounts_api.get_team(team_id, session, principal)
+    team = accounts.read_team(session, principal, team_id).model_dump()
     rows = repo.team_invoices(session, team_id, 120)
     return {"team": team_view(team), "invoices": [invoice_summary(r) for r in rows],
             "upcoming": upcoming(session, team_id, settings)}
@@ -379,7 +379,7 @@ def upcoming(session: Session, team_id: str, settings: Settings) -> dict[str, An
 
 def invoice(session: Session, principal: Principal, team_id: str, invoice_id: str
             ) -> dict[str, Any]:
-    team = accounts_api.get_team(team_id, session, principal)
+    team = accounts.read_team(session, principal, team_id).model_dump()
     row = repo.invoice(session, invoice_id)
     if row is None or row.team_id != team_id:
         raise NotFound(f"no invoice {invoice_id}")

@@ -71,7 +71,7 @@ def cmd_close(args: argparse.Namespace) -> int:
 
 
 def _row_text(row: Any) -> str:
-    body = invoice_out(row, [])
+    body = invoice_out(row, []).model_dump()
     return (f"{body['number'] or '-':16} {body['id']:28} {body['team_id']:24} {body['period']} "
             f"{body['kind']:10} {body['status']:14} {body['total']:>12} "
             f"{body['currency'].upper()}")
@@ -96,7 +96,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         row = repo.get_invoice(session, args.id)
         if row is None:
             raise NotFound(f"no invoice {args.id}")
-        body = invoice_out(row, repo.lines_of(session, [row.id]).get(row.id, []))
+        body = invoice_out(row, repo.lines_of(session, [row.id]).get(row.id, [])).model_dump()
     print(f"invoice {body['number'] or '(unnumbered)'}  {body['id']}")
     print(f"team {body['team_id']}  period {body['period']}  {body['kind']}  {body['status']}")
     if body["corrects_invoice_id"]:

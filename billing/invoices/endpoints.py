@@ -21,6 +21,7 @@ from billing.invoices.schemas import (
     CloseOut,
     InvoiceOut,
     InvoicePage,
+    RevenueOut,
     RevenuePage,
     UpcomingOut,
     VerificationOut,
@@ -54,16 +55,15 @@ def _cursor(after: str | None) -> tuple[datetime, str] | None:
         raise BadRequest("after: not a cursor this service issued") from exc
 
 
-def _page(session: Session, rows: list[Any], limit: int) -> dict[str, Any]:
+def _page(session: Session, rows: list[Any], limit: int) -> InvoicePage:
     more = len(rows) > limit
     rows = rows[:limit]
     lines = repo.lines_of(session, [r.id for r in rows])
     last = rows[-1] if rows else None
-    return {
-        "data": [invoice_out(r, lines.get(r.id, [])) for r in rows],
-        "next_cursor": encode_cursor(last.created_at.isoformat(), last.id)
-        if more and last is not None else None,
-    }
+    return InvoicePage(
+        data=[invoice_out(r, lines.get(r.id, [])) for r in rows],
+        next_cursor=encode_cursor(last.created_at.isoformat(), last.id)
+        if more and last is not None else None)
 
 
 def _visible(principal: Principal, invoice_id: str, team_id: str) -> None:
@@ -77,7 +77,7 @@ def _visible(principal: Principal, invoice_id: str, team_id: str) -> None:
 def list_team_invoices(
     team_id: str, session: SessionDep, principal: PrincipalDep, status: Status | None = None,
     limit: Limit = 50, after: str | None = None,
-) -> dict[str, Any]:
+) -> InvoicePage:
     """A team's invoices, newest first, with their lines."""
     team_reader(principal, team_id)
     rows = repo.list_invoices(session, team_id=team_id, period=None, status=status,
@@ -88,7 +88,7 @@ def list_team_invoices(
 @router.get("/v1/teams/{team_id}/invoices/upcoming", response_model=UpcomingOut)
 def get_upcoming(
     team_id: str, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
-) -> dict[str, Any]:
+) -> UpcomingOut:
     """The open month rated as it stands now: plan fee, usage to date, true-up, adjustments
     for late usage of closed months, credits. Not stored; it changes as usage accrues."""
     team_reader(principal, team_id)
@@ -102,7 +102,7 @@ def list_invoices(
     period: Annotated[str | None, Query(pattern=PERIOD)] = None,
     status: Status | None = None, team_id: str | None = None, limit: Limit = 100,
     after: str | None = None,
-) -> dict[str, Any]:
+) -> InvoicePage:
     """Every team's invoices (finance), newest first; filter by month, status or team."""
     principal.require("finance")
     rows = repo.list_invoices(session, team_id=team_id, period=period, status=status,
@@ -126,7 +126,7 @@ def export_invoices(
 @router.post("/v1/invoices/close", response_model=CloseOut)
 def close_month(
     body: CloseIn, request: Request, principal: PrincipalDep, settings: SettingsDep,
-) -> dict[str, Any]:
+) -> CloseOut:
     """Close a month (finance): every team's invoice, once, numbered and finalized. Refused
     before the month's end plus the grace period unless `force`. `dry_run` rates without
     writing and lists what it would make."""
@@ -139,7 +139,7 @@ def close_month(
 
 @router.get("/v1/invoices/{invoice_id}", response_model=InvoiceOut)
 def get_invoice(invoice_id: str, session: SessionDep, principal: PrincipalDep
-                ) -> dict[str, Any]:
+                ) -> InvoiceOut:
     """One invoice with its lines."""
     row = repo.get_invoice(session, invoice_id)
     if row is None or row.status == "draft":
@@ -150,7 +150,7 @@ def get_invoice(invoice_id: str, session: SessionDep, principal: PrincipalDep
 
 @router.get("/v1/invoices/{invoice_id}/verification", response_model=VerificationOut)
 def get_verification(invoice_id: str, session: SessionDep, principal: PrincipalDep
-                     ) -> dict[str, Any]:
+                     ) -> VerificationOut:
     """The last time the invoice was re-derived from raw lifecycle events, plan versions and
     the credit ledger (by its close, after the close, or by finance's verify): whether it
     matched, and each difference. A draft held back by a difference is visible to finance
@@ -164,7 +164,7 @@ def get_verification(invoice_id: str, session: SessionDep, principal: PrincipalD
 
 @router.post("/v1/invoices/{invoice_id}/void", response_model=VoidOut)
 def void_invoice(invoice_id: str, session: SessionDep, principal: PrincipalDep,
-                 settings: SettingsDep) -> dict[str, Any]:
+                 settings: SettingsDep) -> VoidOut:
     """Void an invoice (finance; finalized, synced, sync_failed or payment_failed only) and
     issue its correcting invoice, re-rated for the same team and month."""
     principal.require("finance")
@@ -173,18 +173,18 @@ def void_invoice(invoice_id: str, session: SessionDep, principal: PrincipalDep,
     lines = repo.lines_of(session, ids)
     voided = repo.get_invoice(session, result.voided_id)
     correction = repo.get_invoice(session, result.correction.id) if result.correction else None
-    return {
-        "voided": invoice_out(voided, lines.get(result.voided_id, [])),
-        "correction": invoice_out(correction, lines.get(correction.id, []))
-        if correction is not None else None,
-    }
+    return VoidOut(
+        voided=invoice_out(voided, lines.get(result.voided_id, [])),
+        correction=invoice_out(correction, lines.get(correction.id, []))
+        if correction is not None else None)
 
 
 @router.get("/v1/revenue", response_model=RevenuePage)
 def get_revenue(
     session: SessionDep, principal: PrincipalDep,
     period: Annotated[str | None, Query(pattern=PERIOD)] = None,
-) -> dict[str, Any]:
+) -> RevenuePage:
     """Revenue by month and plan from live invoices (finance); one month, or all."""
     principal.require("finance")
-    return {"data": export.revenue(session, period), "next_cursor": None}
+    return RevenuePage(data=[RevenueOut.model_validate(r) for r in export.revenue(session, period)],
+                       next_cursor=None)

@@ -210,10 +210,10 @@ def _time(moment: datetime | None) -> str | None:
     return rfc3339(moment) if moment is not None else None
 
 
-def invoice_out(row: Any, lines: list[Any]) -> dict[str, Any]:
+def invoice_out(row: Any, lines: list[Any]) -> InvoiceOut:
     c = row.currency
     synced = row.stripe_invoice_id is not None or row.stripe_status is not None
-    return {
+    return InvoiceOut.model_validate({
         "id": row.id, "number": row.number, "team_id": row.team_id, "period": row.period,
         "kind": row.kind, "corrects_invoice_id": row.corrects_invoice_id, "status": row.status,
         "currency": c, "subtotal": fmt_minor(row.subtotal, c),
@@ -224,28 +224,28 @@ def invoice_out(row: Any, lines: list[Any]) -> dict[str, Any]:
         "lines": [line_out(line, c) for line in lines],
         "stripe": {"invoice_id": row.stripe_invoice_id, "status": row.stripe_status}
         if synced else None,
-    }
+    })
 
 
-def upcoming_out(item: RatedTeam, as_of: datetime) -> dict[str, Any]:
+def upcoming_out(item: RatedTeam, as_of: datetime) -> UpcomingOut:
     r = item.rated
     c = r.currency
-    return {
+    return UpcomingOut.model_validate({
         "team_id": item.team_id, "period": item.period, "status": "upcoming",
         "as_of": rfc3339(as_of), "currency": c, "subtotal": fmt_minor(r.subtotal, c),
         "credits_applied": fmt_minor(r.credits_applied, c),
         "carry_forward": fmt_minor(r.carry_forward, c), "total": fmt_minor(r.total, c),
         "lines": [rated_line_out(i, line, c) for i, line in enumerate(r.lines, start=1)],
-    }
+    })
 
 
-def close_out(summary: CloseSummary) -> dict[str, Any]:
-    return {**summary.as_dict(), "previews": [
+def close_out(summary: CloseSummary) -> CloseOut:
+    return CloseOut.model_validate({**summary.as_dict(), "previews": [
         {"team_id": p.team_id, "currency": p.currency,
          "subtotal": fmt_minor(p.subtotal, p.currency),
          "credits_applied": fmt_minor(p.credits_applied, p.currency),
          "total": fmt_minor(p.total, p.currency), "lines": p.lines}
-        for p in summary.previews]}
+        for p in summary.previews]})
 
 
 class DifferenceOut(BaseModel):
@@ -270,10 +270,11 @@ class VerificationOut(BaseModel):
     error: str | None = Field(None, description="why the invoice could not be re-derived")
 
 
-def verification_out(row: Any) -> dict[str, Any]:
+def verification_out(row: Any) -> VerificationOut:
     differences = [d for d in row.differences if "error" not in d]
     errors = [d["error"] for d in row.differences if "error" in d]
-    return {"invoice_id": row.invoice_id, "team_id": row.team_id, "period": row.period,
-            "status": "ok" if row.ok else "difference", "verified_at": rfc3339(row.verified_at),
-            "source": row.source, "differences": differences,
-            "error": errors[0] if errors else None}
+    return VerificationOut.model_validate({
+        "invoice_id": row.invoice_id, "team_id": row.team_id, "period": row.period,
+        "status": "ok" if row.ok else "difference", "verified_at": rfc3339(row.verified_at),
+        "source": row.source, "differences": differences,
+        "error": errors[0] if errors else None})

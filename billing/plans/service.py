@@ -13,12 +13,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.core import plan_versions as core
+from billing.core.rating import quote
 from billing.credits import service as credits
 from billing.plans import repository as repo
 from billing.plans.models import Plan, PlanVersion
+from billing.plans.schemas import PlanOut, PlanPage, PlanVersionIn, PlanVersionOut, QuoteOut
 from metering.config import get_settings
-from metering.core.clock import EPOCH
+from metering.core.clock import EPOCH, utc_now
 from metering.core.limits import LIMIT_FIELDS, effective_limits
+from metering.core.money import UnitPrices, add, fmt, fmt_minor
 from metering.core.pricing import PriceSchedule
 from metering.db import pipeline
 from metering.errors import BadRequest, NotFound
@@ -245,3 +248,49 @@ def get_plan(session: Session, code: str) -> tuple[Plan, list[PlanVersion]]:
     versions = list(session.execute(select(PlanVersion).where(PlanVersion.plan_code == code)
                                     .order_by(PlanVersion.effective_at)).scalars())
     return plan, versions
+
+
+# --- the answers of the plan endpoints -----------------------------------------------------
+
+
+def plan_out(session: Session, code: str) -> PlanOut:
+    plan, versions = get_plan(session, code)
+    now = utc_now()
+    current = [v for v in versions if v.effective_at <= now] or versions[:1]
+    return PlanOut(code=plan.code, name=plan.name,
+                   current=PlanVersionOut.of_version(current[-1]),
+                   versions=[PlanVersionOut.of_version(v) for v in versions])
+
+
+def plan_page(session: Session) -> PlanPage:
+    return PlanPage(data=[plan_out(session, p.code) for p in repo.plans(session)],
+                    next_cursor=None)
+
+
+def new_version(session: Session, code: str, body: PlanVersionIn,
+                effective_at: datetime | None) -> PlanOut:
+    """A version of the plan from `effective_at` (default now); fields not given carry over."""
+    changes = body.model_dump(exclude_none=True, exclude={"name", "effective_at"})
+    put_plan_version(session, code, body.name, effective_at or utc_now(), changes)
+    return plan_out(session, code)
+
+
+def workload_quote(session: Session, code: str, vcpu: int, memory_mib: int, seconds: Decimal,
+                   runs: int) -> QuoteOut:
+    """What the workload costs on the plan now: usage at its prices plus its monthly fee."""
+    plan, versions = get_plan(session, code)
+    now = utc_now()
+    version = ([v for v in versions if v.effective_at <= now] or versions[:1])[-1]
+    try:
+        q = quote(vcpu, memory_mib, seconds, runs,
+                  UnitPrices(version.vcpu_second_price, version.gib_second_price,
+                             version.currency))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return QuoteOut(
+        plan=plan.code, currency=version.currency, vcpu=vcpu, memory_mib=memory_mib,
+        seconds=fmt(seconds), runs=runs, vcpu_seconds=fmt(q.vcpu_seconds),
+        gib_seconds=fmt(q.gib_seconds), vcpu_cost=fmt(q.vcpu_cost),
+        memory_cost=fmt(q.memory_cost), usage_cost=fmt_minor(q.total),
+        monthly_fee=fmt_minor(version.monthly_fee),
+        total=fmt_minor(add(q.total, version.monthly_fee)))

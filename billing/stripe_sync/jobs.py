@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.stripe_sync import repository as repo
+from billing.stripe_sync.events import handle_pending
 from billing.stripe_sync.gateway import StripeGateway
 from billing.stripe_sync.service import BLOCK_REASON, InvoiceSync, SyncPolicy, SyncReport
-from billing.stripe_sync.webhooks import handle_pending
 from metering.config import Settings
 from metering.core.clock import utc_now
 from metering.db import transaction

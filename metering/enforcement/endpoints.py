@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -18,12 +18,11 @@ def list_actions(
     session: SessionDep, principal: PrincipalDep,
     after: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> KillOrderPage:
     """Kill orders, oldest first, each issued once per execution with a stable id.
 
     Tail it: keep the last `next_cursor` and ask again with `after=` it. The same orders are
     also posted, signed, to the configured orchestrator webhook.
     """
     principal.require("ingest")
-    data, next_cursor = service.actions_page(session, after, limit)
-    return {"data": data, "next_cursor": next_cursor}
+    return service.actions_page(session, after, limit)

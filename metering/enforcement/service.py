@@ -35,6 +35,7 @@ from metering.core.money import fmt
 from metering.enforcement import outbox
 from metering.enforcement import repository as repo
 from metering.enforcement.repository import KillOrderRow, NewKillOrder, RunningExecution
+from metering.enforcement.schemas import KillOrderOut, KillOrderPage
 from metering.enforcement.watch import (
     Allocation,
     MoneyPosition,
@@ -305,9 +306,7 @@ def _cursor_seq(after: str | None) -> int:
     return parts[1]
 
 
-def actions_page(
-    session: Session, after: str | None, limit: int
-) -> tuple[list[dict[str, Any]], str | None]:
+def actions_page(session: Session, after: str | None, limit: int) -> KillOrderPage:
     """Kill orders after the cursor, oldest first, and the cursor after the last one returned.
 
     The cursor is null only on an empty page: a feed is tailed, so a consumer keeps the last
@@ -315,4 +314,5 @@ def actions_page(
     """
     rows = repo.kill_orders_after(session, _cursor_seq(after), limit)
     next_cursor = encode_cursor("ko", rows[-1].seq) if rows else None
-    return [kill_order_body(r) for r in rows], next_cursor
+    return KillOrderPage(data=[KillOrderOut.model_validate(kill_order_body(r)) for r in rows],
+                         next_cursor=next_cursor)
