@@ -303,13 +303,14 @@ def invoice_page(request: Request, team_id: str, invoice_id: str,
 
 
 @router.get("/dashboard/finance")
-def finance_page(request: Request, session: SessionDep, period: str | None = None,
-                 team: str | None = None) -> Response:
+def finance_page(request: Request, session: SessionDep, settings: SettingsDep,
+                 period: str | None = None, team: str | None = None, q: str | None = None,
+                 sort: str | None = None) -> Response:
     def build(principal: Principal) -> HTMLResponse:
-        if team:  # the "open a team" form
+        if team:  # the "open a team" form of bookmarks made before the team list
             principal.require("finance")
             raise _Redirect(service.team_href(team.strip()))
-        view = service.finance(session, principal, period)
+        view = service.finance(session, principal, period, settings, q, sort)
         return render(request, "finance.html", principal=principal, page="finance",
                       team=None, view=view)
 

@@ -191,3 +191,12 @@ def teams_with_credit(session: Session, now: datetime, limit: int) -> list[Any]:
 
 def team_count(session: Session) -> int:
     return int(session.execute(text("SELECT count(*) FROM teams")).scalar_one())
+
+
+def team_rows(session: Session, query: str, limit: int) -> list[Any]:
+    """Teams whose id or name contains `query` (all when empty), by id."""
+    pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return list(session.execute(text("""
+        SELECT t.id, t.name, t.auto_created FROM teams t
+        WHERE :q = '' OR t.id ILIKE :pattern OR coalesce(t.name, '') ILIKE :pattern
+        ORDER BY t.id LIMIT :limit"""), {"q": query, "pattern": pattern, "limit": limit}))

@@ -178,7 +178,8 @@ def execution_row(e: dict[str, Any], currency: str, now: datetime) -> dict[str, 
         "vcpu": e["vcpu"] if e["vcpu"] is not None else "—",
         "memory": fmt.memory(e["memory_mib"]),
         "started": fmt.when_seconds(started), "ended": fmt.when_seconds(ended),
-        "started_at": e["started_at"],
+        "started_at": e["started_at"], "ended_at": e["ended_at"],
+        "vcpu_count": e["vcpu"], "memory_mib": e["memory_mib"],
         "duration": fmt.duration(((ended or now) - started).total_seconds()),
         "end": _end_text(e),
         "vcpu_seconds": fmt.quantity(e["vcpu_seconds"]),
@@ -208,9 +209,12 @@ def overview(session: Session, principal: Principal, settings: Settings, team_id
     running = usage_service.executions_page(session, settings, team_id, "running", None, None,
                                             RUNNING_SHOWN, None).model_dump()
     currency = balance["currency"]
+    commitment = plans.BILLING.version_at(session, team_id, now).minimum_commitment
     return {
         "team": team_view(team),
         "balance": balance_view(balance, now),
+        "commitment": (commitment_view(Decimal(balance["month_to_date_spend"]), commitment,
+                                       currency) if commitment > 0 else None),
         "chart": chart_view(usage, rng),
         "running": [execution_row(e, currency, now) for e in running["data"]],
         "running_more": running["next_cursor"] is not None,
@@ -293,8 +297,13 @@ def sandbox(session: Session, principal: Principal, settings: Settings, team_id:
         "mem_max": str(m["memory_used_mib_max"]) if m["memory_used_mib_max"] is not None
         else None,
     } for m in metrics["data"]]
+    # What each execution had allocated, over its life (the charts draw use against it).
+    allocation = [{"start": e["started_at"], "end": e["ended_at"] or rfc3339(now),
+                   "vcpu": e["vcpu"], "memory_mib": e["memory_mib"]}
+                  for e in reversed(shaped) if e["vcpu"] is not None]
     return {
         "team": team_view(team), "sandbox_id": sandbox_id, "running": running,
+        "allocation": allocation,
         "executions": [execution_row(e, settings.currency, now) for e in shaped],
         "allocated_mib": newest["memory_mib"], "vcpu": newest["vcpu"],
         "metrics": {"start": rfc3339(lo), "end": rfc3339(hi), "points": points},
@@ -391,11 +400,15 @@ def invoice(session: Session, principal: Principal, team_id: str, invoice_id: st
 # --- finance --------------------------------------------------------------------------------
 
 
-def finance(session: Session, principal: Principal, period: str | None) -> dict[str, Any]:
-    """The month's invoices with their Stripe state, revenue by plan, and teams running out of
-    credit (live standing of at most `CREDIT_WATCH_TEAMS` teams holding credit)."""
+def finance(session: Session, principal: Principal, period: str | None,
+            settings: Settings | None = None, query: str | None = None,
+            sort: str | None = None) -> dict[str, Any]:
+    """The finance home: every team with its month so far (searchable, sortable), the month's
+    invoices with their Stripe state, revenue by plan, and teams running out of credit (live
+    standing of at most `CREDIT_WATCH_TEAMS` teams holding credit)."""
     principal.require("finance")
     now = utc_now()
+    stripe_on = bool(settings and settings.stripe_api_key)
     periods = repo.invoiced_periods(session, 24)
     chosen = period or (periods[0] if periods else format_period(now))
     try:
@@ -424,6 +437,8 @@ def finance(session: Session, principal: Principal, period: str | None) -> dict[
         "credit_watch": credit_watch(session, now),
         "export_href": f"/dashboard/finance/invoices.csv?period={chosen}",
         "team_count": repo.team_count(session),
+        "stripe_configured": stripe_on,
+        "teams": team_list(session, now, query, sort, period=chosen),
     }
 
 
@@ -452,3 +467,96 @@ def credit_watch(session: Session, now: datetime) -> list[dict[str, Any]]:
     for t in out:
         del t["share"]
     return out
+
+
+# --- finance: the team list -----------------------------------------------------------------
+
+
+TEAM_LIST_LIMIT = 200
+TEAM_SORTS = {
+    "usage": "Month-to-date usage", "credit": "Credit left", "status": "Status", "name": "Name",
+}
+DEFAULT_TEAM_SORT = "usage"
+# Most urgent first when sorted by status.
+STATUS_ORDER = {"blocked": 0, "out_of_credit": 1, "nearing_credit": 2, "running": 3,
+                "idle": 4}
+STATUS_LABELS = {"blocked": "blocked", "out_of_credit": "out of credit",
+                 "nearing_credit": "nearing credit", "running": "running", "idle": "idle"}
+
+
+def commitment_view(spend: Decimal, commitment: Decimal, currency: str) -> dict[str, Any]:
+    """Progress of a month's usage against a plan's minimum commitment (Enterprise)."""
+    share = spend / commitment if commitment > 0 else Decimal(0)
+    shortfall = max(commitment - spend, Decimal(0))
+    return {
+        "spend": fmt.money(spend, currency), "commitment": fmt.money(commitment, currency),
+        "fraction": float(min(share, Decimal(1))),  # float-ok: the bar's width only
+        "percent": f"{min(share, CAPPED_SHARE) * 100:.0f} %",
+        "shortfall": fmt.money(shortfall, currency),
+        "text": (f"{fmt.money(spend, currency)} of the {fmt.money(commitment, currency)} "
+                 "monthly commitment used"),
+        "met": shortfall == 0,
+    }
+
+
+def team_list(session: Session, now: datetime, query: str | None, sort: str | None, *,
+              period: str) -> dict[str, Any]:
+    """Teams (at most `TEAM_LIST_LIMIT`, matching the search) with their live month so far:
+    usage charges, credit left or commitment progress, and a status, sorted as asked."""
+    query = (query or "").strip()[:128]
+    sort = sort if sort in TEAM_SORTS else DEFAULT_TEAM_SORT
+    rows = repo.team_rows(session, query, TEAM_LIST_LIMIT + 1)
+    more = len(rows) > TEAM_LIST_LIMIT
+    teams = []
+    totals: dict[str, Decimal] = {}
+    for row in rows[:TEAM_LIST_LIMIT]:
+        limits, standing = plans.BILLING.view(session, row.id, now)
+        version = plans.BILLING.version_at(session, row.id, now)
+        currency = standing.currency
+        granted = standing.credit_granted
+        remaining = max(granted - standing.credit_used, Decimal(0)) if granted > 0 else None
+        if standing.blocked:
+            status = "blocked"
+        elif granted > 0 and standing.credit_used >= granted and limits.credit_enforced:
+            status = "out_of_credit"
+        elif granted > 0 and standing.credit_used >= granted * NEARING_FRACTION:
+            status = "nearing_credit"
+        elif standing.burn_rate_per_hour > 0:
+            status = "running"
+        else:
+            status = "idle"
+        commitment = version.minimum_commitment
+        totals[currency] = totals.get(currency, Decimal(0)) + standing.month_spend
+        teams.append({
+            "id": row.id, "name": row.name or row.id, "href": team_href(row.id),
+            "plan": limits.plan_code, "auto_created": row.auto_created,
+            "status": status, "status_text": STATUS_LABELS[status],
+            "blocked_reason": standing.blocked_reason,
+            "month_spend": fmt.money(standing.month_spend, currency),
+            "burn_rate": f"{fmt.money(standing.burn_rate_per_hour, currency)} / h",
+            "credit_left": fmt.money(remaining, currency) if remaining is not None else None,
+            "commitment": (commitment_view(standing.month_spend, commitment, currency)
+                           if commitment > 0 else None),
+            "_spend": standing.month_spend, "_left": remaining,
+        })
+    if sort == "usage":
+        teams.sort(key=lambda t: (-t["_spend"], t["id"]))
+    elif sort == "credit":  # least credit left first; teams without credit last
+        teams.sort(key=lambda t: (t["_left"] is None, t["_left"] or 0, t["id"]))
+    elif sort == "status":
+        teams.sort(key=lambda t: (STATUS_ORDER[t["status"]], -t["_spend"], t["id"]))
+    else:
+        teams.sort(key=lambda t: (str(t["name"]).lower(), t["id"]))
+    for t in teams:
+        del t["_spend"], t["_left"]
+    base = f"/dashboard/finance?period={quote(period, safe='')}"
+    search = f"&q={quote(query, safe='')}" if query else ""
+    return {
+        "rows": teams, "query": query, "sort": sort, "more": more,
+        "limit": TEAM_LIST_LIMIT, "month": format_period(now),
+        "month_spend": [{"currency": c, "total": fmt.money(a, c)}
+                        for c, a in sorted(totals.items())],
+        "running": sum(1 for t in teams if t["status"] == "running"),
+        "sorts": [{"code": code, "label": label, "href": f"{base}{search}&sort={code}",
+                   "current": code == sort} for code, label in TEAM_SORTS.items()],
+    }

@@ -243,13 +243,21 @@ def test_executions_are_paginated_and_searchable_by_sandbox_id(
 def test_sandbox_page_has_metrics_and_its_executions(web: TestClient, seeded: Fixture) -> None:
     sign_in(web, seeded.key)
     r = web.get(f"/dashboard/teams/{seeded.team}/sandboxes/{seeded.running_sandbox}")
-    assert r.status_code == 200 and "CPU use (%)" in r.text
+    assert r.status_code == 200 and "CPU use (% of the allocated vCPUs)" in r.text
     data = web.get(
         f"/dashboard/api/teams/{seeded.team}/sandboxes/{seeded.running_sandbox}").json()
     assert data["running"] is True and data["allocated_mib"] == 2048
+    # What it had allocated, from its start, for the charts to draw use against.
+    [allocated] = data["allocation"]
+    assert (allocated["vcpu"], allocated["memory_mib"]) == (4, 2048)
     samples = sum(p["samples"] for p in data["metrics"]["points"])
     assert samples == 5
     assert web.get(f"/dashboard/teams/{seeded.team}/sandboxes/nope").status_code == 404
+    # An ended sandbox that sent no samples: one plain statement, no empty charts.
+    ended = web.get(f"/dashboard/teams/{seeded.team}/sandboxes/{seeded.ended_sandbox}").text
+    assert ended.count('class="empty-state"') == 1
+    assert 'id="metrics-charts" hidden' in ended.replace('class="charts two" ', "")
+    assert "sent no <code>host_stats</code> events" in ended
 
 
 def test_invoices_list_and_one_invoice_with_lines_and_stripe_state(

@@ -119,13 +119,43 @@
     container.setAttribute("data-max", String(max));
   }
 
+  function pad2(n) { return String(n).padStart(2, "0"); }
+
   function clock(ms) {
     var d = new Date(ms);
-    return String(d.getUTCHours()).padStart(2, "0") + ":" + String(d.getUTCMinutes()).padStart(2, "0");
+    return pad2(d.getUTCHours()) + ":" + pad2(d.getUTCMinutes());
   }
 
-  /* Lines over time. series: [{name, cls, points: [[ms, value|null], ...]}]. Gaps of more than
-     90 s break a line, so a paused sandbox does not look busy. */
+  var MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+  function dayClock(ms) {
+    var d = new Date(ms);
+    return MONTHS[d.getUTCMonth()] + " " + d.getUTCDate() + " " + clock(ms);
+  }
+
+  /* Time-axis ticks on whole minutes: a step of 1, 2, 5, 10, 15 or 30 minutes or whole hours,
+     the smallest that leaves room for every label. A per-minute point therefore sits exactly
+     over its minute's label, and no label is written twice (a second day's same time names
+     its day). */
+  var TICK_MINUTES = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440];
+
+  function timeTicks(start, end, room) {
+    var minutes = (end - start) / 60000;
+    var step = TICK_MINUTES.filter(function (m) { return minutes / m + 1 <= room; })[0] || 1440;
+    var stepMs = step * 60000;
+    var ticks = [], seen = {};
+    for (var t = Math.ceil(start / stepMs) * stepMs; t <= end; t += stepMs) {
+      var label = clock(t);
+      if (seen[label]) { label = dayClock(t); }
+      if (!seen[label]) { seen[label] = true; ticks.push({ t: t, label: label }); }
+    }
+    return ticks;
+  }
+
+  /* Lines over time. series: [{name, cls, points: [[ms, value|null], ...], steps}]. In a
+     sampled series a gap of more than 90 s breaks the line, so a paused sandbox does not look
+     busy; a `steps` series (what was allocated) holds its value until the next point and
+     breaks only at a null. */
   function lineChart(container, series, start, end, floorMax, caption) {
     var all = [];
     series.forEach(function (s) { s.points.forEach(function (p) { if (p[1] !== null) { all.push(p[1]); } }); });
@@ -138,26 +168,48 @@
     var axis = yAxis(root, scale);
     var plotW = W - PAD.left - PAD.right, plotH = H - PAD.top - PAD.bottom;
     var span = Math.max(end - start, 60000);
-    function x(ms) { return PAD.left + ((ms - start) / span) * plotW; }
+    function x(ms) { return PAD.left + ((Math.min(Math.max(ms, start), start + span) - start) / span) * plotW; }
     function y(v) { return PAD.top + plotH - (v / scale.max) * plotH; }
-    for (var i = 0; i <= 4; i++) {
-      var ms = start + (span * i) / 4;
-      var t = svg("text", { x: x(ms).toFixed(1), y: H - 8,
-                            "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" }, axis);
-      t.textContent = clock(ms);
-    }
-    if (!all.length) { noData(root, "No samples in this window"); }
+    var labels = [];
+    timeTicks(start, start + span, Math.max(2, Math.floor(plotW / 52))).forEach(function (tick, i, ticks) {
+      var tx = x(tick.t);
+      var anchor = tx - PAD.left < 20 ? "start" : W - PAD.right - tx < 20 ? "end" : "middle";
+      var t = svg("text", { x: tx.toFixed(1), y: H - 8, "text-anchor": anchor }, axis);
+      t.textContent = tick.label;
+      labels.push(tick.label);
+      if (i > 0 && i < ticks.length) {
+        svg("line", { "class": "tick", x1: tx.toFixed(1), x2: tx.toFixed(1), y1: H - PAD.bottom,
+                      y2: H - PAD.bottom + 4 }, root);
+      }
+    });
+    container.setAttribute("data-labels", labels.join("|"));
     var drawn = 0;
     series.forEach(function (s) {
       var d = "", last = null;
       s.points.forEach(function (p) {
         if (p[1] === null) { last = null; return; }
-        var cmd = last === null || p[0] - last > 90000 ? "M" : "L";
+        if (s.steps && last !== null) {
+          d += "L" + x(p[0]).toFixed(1) + " " + y(last[1]).toFixed(1) + " ";
+        }
+        var cmd = last === null || (!s.steps && p[0] - last[0] > 90000) ? "M" : "L";
         d += cmd + x(p[0]).toFixed(1) + " " + y(p[1]).toFixed(1) + " ";
-        last = p[0];
-        drawn += 1;
+        last = p;
+        if (!s.steps) { drawn += 1; }
       });
       if (d) { svg("path", { "class": "line " + s.cls, d: d.trim() }, root); }
+      if (!s.steps) {
+        /* A minute on its own (the first minute of a sandbox, or one between gaps) has no
+           line to be part of: it is drawn as a dot, and so is every point of a short run. */
+        var values = s.points.filter(function (p) { return p[1] !== null; });
+        values.forEach(function (p, i) {
+          var prev = values[i - 1], next = values[i + 1];
+          var alone = (!prev || p[0] - prev[0] > 90000) && (!next || next[0] - p[0] > 90000);
+          if (alone || values.length <= 30) {
+            svg("circle", { "class": "dot " + s.cls, cx: x(p[0]).toFixed(1),
+                            cy: y(p[1]).toFixed(1), r: alone ? 3 : 2 }, root);
+          }
+        });
+      }
     });
     container.setAttribute("data-drawn", String(drawn));
     var legend = container.parentNode.querySelector(".legend");
@@ -203,6 +255,21 @@
 
   function cell(row, text, cls) { return html("td", cls ? { "class": cls } : {}, text, row); }
 
+  /* On a narrow screen a row of a records table is a card; each cell shows its column's
+     name (its data-label) before its value. Rows drawn here get the labels of the header. */
+  function labelCells(tbody) {
+    var table = tbody.closest("table");
+    if (!table) { return; }
+    var names = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+      return th.textContent.trim();
+    });
+    Array.prototype.forEach.call(tbody.rows, function (tr) {
+      Array.prototype.forEach.call(tr.cells, function (td, i) {
+        if (names[i] && !td.hasAttribute("data-label")) { td.setAttribute("data-label", names[i]); }
+      });
+    });
+  }
+
   function executionRows(tbody, rows, showState) {
     tbody.textContent = "";
     rows.forEach(function (r) {
@@ -220,8 +287,9 @@
       if (showState) { cell(tr, r.end); }
       cell(tr, r.vcpu_seconds, "num");
       cell(tr, r.gib_seconds, "num");
-      cell(tr, r.cost, "num");
+      cell(tr, r.cost, "num amount");
     });
+    labelCells(tbody);
   }
 
   function drawUsage(chart) {
@@ -246,6 +314,13 @@
       g.setAttribute("aria-valuenow", b.gauge.now);
       g.setAttribute("aria-valuemax", b.gauge.max);
       g.setAttribute("aria-valuetext", b.gauge.text);
+    }
+    var c = view.commitment, progress = document.getElementById("commitment-progress");
+    if (c && progress) {
+      progress.value = c.fraction;
+      progress.setAttribute("aria-valuetext", c.text);
+      setField("commitment_percent", c.percent);
+      setField("commitment_spend", c.spend);
     }
     drawUsage(view.chart);
     var usage = document.querySelector("#usage-table tbody");
@@ -279,17 +354,34 @@
             { name: "maximum", cls: "max", points: pick(maxKey) }];
   }
 
+  /* What the sandbox had allocated, as a step series: each execution from its start to its
+     end, a break between executions. `value` picks the figure (vCPU as 100 %, or MiB). */
+  function allocationSeries(allocation, value) {
+    var points = [];
+    allocation.forEach(function (a) {
+      var v = value(a);
+      if (v === null) { return; }
+      points.push([Date.parse(a.start), v], [Date.parse(a.end), v], [Date.parse(a.end), null]);
+    });
+    return points;
+  }
+
   function renderSandbox(view) {
     var m = view.metrics;
     var start = Date.parse(m.start), end = Date.parse(m.end);
+    var charts = document.getElementById("metrics-charts");
+    if (charts) { charts.hidden = m.points.length === 0; }
     document.querySelectorAll('[data-chart="metrics"]').forEach(function (node) {
+      if (m.points.length === 0) { return; }
       var kind = node.getAttribute("data-kind");
       var caption = document.getElementById(node.getAttribute("aria-labelledby"));
       var series = kind === "cpu" ? metricSeries(m.points, "cpu_avg", "cpu_max")
                                   : metricSeries(m.points, "mem_avg", "mem_max");
-      if (kind === "mem" && view.allocated_mib) {
-        series.push({ name: "allocated", cls: "alloc",
-                      points: [[start, view.allocated_mib], [end, view.allocated_mib]] });
+      var allocated = allocationSeries(view.allocation || [], kind === "cpu"
+        ? function (a) { return a.vcpu === null ? null : 100; }
+        : function (a) { return a.memory_mib === null ? null : num(a.memory_mib); });
+      if (allocated.length) {
+        series.push({ name: "allocated", cls: "alloc", steps: true, points: allocated });
       }
       lineChart(node, series, start, end, kind === "cpu" ? 100 : 0,
                 caption ? caption.textContent : kind);
