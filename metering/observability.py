@@ -61,6 +61,9 @@ REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # Health probes and scrapes come every few seconds: logged at DEBUG, not INFO.
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# An open dashboard refreshes every few seconds and loads its own files: its successful
+# requests are DEBUG too, or one browser tab would fill the service's terminal.
+_QUIET_PREFIXES = ("/dashboard/", "/favicon")
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None)
@@ -464,7 +467,8 @@ def _record(method: str, path: str, template: str | None, status: int, seconds: 
         answer = orjson.loads(body)
         if isinstance(answer, dict) and "admitted" in answer:
             observe_admission(None if answer["admitted"] else str(answer.get("reason")), seconds)
-    level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
+    quiet = path in _QUIET_PATHS or (path.startswith(_QUIET_PREFIXES) and status < 400)
+    level = logging.DEBUG if quiet else logging.INFO
     if access_log.isEnabledFor(level):
         # The template, never the raw path of a matched route (it is the same for everyone
         # and holds no ids); an unmatched path is shown cut short.

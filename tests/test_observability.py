@@ -136,6 +136,8 @@ def test_request_ids_are_echoed_or_made_and_each_request_logs_one_json_line(
             forged = client.get("/v1/teams/team_1", headers={
                 **Keys.auth(api_keys.finance), "X-Request-Id": "x\" injected"})
             client.get("/healthz")  # a probe: DEBUG, not worth a line at INFO
+            # An open dashboard's files and refreshes: DEBUG too, unless they fail.
+            assert client.get("/dashboard/static/dashboard.css").status_code == 200
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
