@@ -6,9 +6,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from metering import embedded
 from metering.config import get_settings
+from metering.console import examples
 
 
 def _command_of(pid: int) -> str:
@@ -70,15 +72,20 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_db_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_db_commands(sub: Any) -> None:
     db = sub.add_parser(
         "db", help="the embedded PostgreSQL: status, stop",
         description="The embedded PostgreSQL (used when DATABASE_URL is unset) runs while a "
-                    "metering process uses it and stops with the last one.")
+                    "metering process uses it and stops with the last one.",
+        epilog=examples("metering db status", "metering db stop"))
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
-    db_sub.add_parser("status", help="is it running, where is its data, who uses it"
+    db_sub.add_parser("status", help="is it running, where is its data, who uses it",
+                      epilog=examples("metering db status",
+                                      "METERING_DATA_DIR=/srv/metering metering db status")
                       ).set_defaults(func=cmd_status)
-    stop = db_sub.add_parser("stop", help="stop it now (data is kept)")
+    stop = db_sub.add_parser("stop", help="stop it now (its data is kept)",
+                             epilog=examples("metering db stop",
+                                             "metering db stop --force   # even under the service"))
     stop.add_argument("--force", action="store_true",
                       help="stop it even while `metering serve` or a worker uses it")
     stop.set_defaults(func=cmd_stop)

@@ -8,6 +8,7 @@ from typing import Any
 from billing.retention.service import run_retention
 from metering import migrate
 from metering.config import get_settings
+from metering.console import examples
 from metering.db import make_engine, make_sessionmaker, resolve_database_url
 
 
@@ -32,11 +33,15 @@ def cmd_retention_run(args: argparse.Namespace) -> int:
 
 def add_retention_commands(sub: Any) -> None:
     """Add `retention run [--dry-run]` to the `metering` parser."""
-    retention_p = sub.add_parser("retention", help="drop per-minute samples past retention")
-    retention_sub = retention_p.add_subparsers(dest="retention_command", required=True)
+    retention_p = sub.add_parser("retention", help="drop per-minute samples past retention",
+                                 epilog=examples("metering retention run --dry-run"))
+    retention_sub = retention_p.add_subparsers(dest="retention_command", required=True,
+                                               metavar="COMMAND")
     retention_run = retention_sub.add_parser(
         "run", help="drop sample months older than METERING_SAMPLE_RETENTION_MONTHS that are "
-                    "closed and invoiced")
+                    "closed and invoiced",
+        epilog=examples("metering retention run --dry-run   # what would go, and why the "
+                        "rest stays", "metering retention run"))
     retention_run.add_argument("--dry-run", action="store_true",
                                help="say what would be dropped and why the rest is kept")
     retention_run.set_defaults(func=cmd_retention_run)

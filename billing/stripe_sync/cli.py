@@ -6,6 +6,7 @@ Wired into the `metering` command by `add_stripe_commands(subparsers)`.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,6 +15,7 @@ from billing.stripe_sync.jobs import enforce_dunning, retry_stripe_events
 from billing.stripe_sync.service import InvoiceSync, SyncReport
 from metering import migrate
 from metering.config import get_settings
+from metering.console import examples, positive_int
 from metering.db import make_engine, make_sessionmaker, resolve_database_url
 from metering.errors import MeteringError
 
@@ -78,19 +80,28 @@ def cmd_stripe_dunning(_: argparse.Namespace) -> int:
     return 0
 
 
-def add_stripe_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-                        ) -> None:
+def add_stripe_commands(subparsers: Any) -> None:
     """Add `stripe sync [--invoice ID] [--limit N] [--workers N]`, `stripe events` and
     `stripe dunning` to the `metering` command."""
-    stripe_p = subparsers.add_parser("stripe", help="sync invoices to Stripe, webhook events")
-    sub = stripe_p.add_subparsers(dest="stripe_command", required=True)
-    sync = sub.add_parser("sync", help="sync due invoices to Stripe now (or one, any time)")
+    stripe_p = subparsers.add_parser(
+        "stripe", help="sync invoices to Stripe, webhook events, dunning",
+        epilog=examples("metering stripe sync", "metering stripe sync --invoice inv_3f9a1c2b"))
+    sub = stripe_p.add_subparsers(dest="stripe_command", required=True, metavar="COMMAND")
+    sync = sub.add_parser(
+        "sync", help="sync due invoices to Stripe now (or one, any time)",
+        description="Send finalized invoices to Stripe now (the worker does it on a schedule). "
+                    "Needs METERING_STRIPE_API_KEY.",
+        epilog=examples("metering stripe sync", "metering stripe sync --limit 10",
+                        "metering stripe sync --invoice inv_3f9a1c2b4d5e6f708192a3b4"))
     sync.add_argument("--invoice", default=None,
                       help="sync this invoice now, even if its retries are exhausted")
-    sync.add_argument("--limit", type=int, default=None, help="at most this many invoices")
-    sync.add_argument("--workers", type=int, default=4, help="invoices synced at once")
+    sync.add_argument("--limit", type=positive_int, default=None,
+                      help="at most this many invoices; all that are due when left out")
+    sync.add_argument("--workers", type=positive_int, default=4, help="invoices synced at once")
     sync.set_defaults(func=cmd_stripe_sync)
-    sub.add_parser("events", help="handle webhook events whose handling failed").set_defaults(
+    sub.add_parser("events", help="handle webhook events whose handling failed",
+                   epilog=examples("metering stripe events")).set_defaults(
         func=cmd_stripe_events)
-    sub.add_parser("dunning", help="block teams with invoices unpaid past the dunning "
-                   "window").set_defaults(func=cmd_stripe_dunning)
+    sub.add_parser("dunning", help="block teams with invoices unpaid past the dunning window",
+                   epilog=examples("metering stripe dunning")).set_defaults(
+        func=cmd_stripe_dunning)
