@@ -3,7 +3,8 @@
 Wiring (one line each):
 - `install(app)` in the app factory: the request middleware and `GET /metrics`;
 - `configure_json_logging(level)` once per process (CLI entry and each API process);
-- `observe_job(name, seconds, failed)` from the scheduler's job wrapper;
+- `observe_job(name, seconds, failed)` from the scheduler's job wrapper, and
+  `observe_job_skipped(name, why)` from its listener for runs that did not happen;
 - `observe_kill_orders(reasons)` where the enforcement sweep issues kill orders.
 
 The middleware measures ingest and admissions from the contract's own answers (the counts of
@@ -97,6 +98,7 @@ class _Metrics:
     job_duration: Histogram
     job_failures: Counter
     invoice_verifications: Counter
+    job_skips: Counter
 
 
 @lru_cache(maxsize=1)
@@ -155,6 +157,11 @@ def _metrics() -> _Metrics:
             "metering_invoice_verifications",
             "Invoices re-derived from raw events: `ok`, or `difference` (held as a draft by a "
             "close, or reported by verify).", ["result"], registry=r),
+        job_skips=Counter(
+            "metering_job_runs_skipped",
+            "Scheduled job runs that did not happen: `running` (the previous run was still "
+            "going), `missed` (the scheduler got to it too late).", ["job", "why"],
+            registry=r),
     )
 
 
@@ -202,6 +209,11 @@ def observe_invoice_verifications(ok: int, failed: int) -> None:
     m = _metrics()
     m.invoice_verifications.labels("ok").inc(ok)
     m.invoice_verifications.labels("difference").inc(failed)
+
+
+def observe_job_skipped(name: str, why: str) -> None:
+    """Count one scheduled run of a job that did not happen (`running` or `missed`)."""
+    _metrics().job_skips.labels(name, why).inc()
 
 
 def observe_kill_orders(reasons: Iterable[str]) -> None:

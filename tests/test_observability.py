@@ -8,12 +8,14 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -182,3 +184,27 @@ def test_the_worker_serves_its_own_metrics_on_a_port() -> None:
         server.server_close()
     assert value(samples, "metering_job_failures_total", job="settle_stale") >= 1
     assert value(samples, "metering_job_duration_seconds_count", job="settle_stale") >= 1
+
+
+def test_a_job_run_skipped_because_the_last_one_still_runs_is_counted() -> None:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from billing.worker import _count_skipped
+
+    release = threading.Event()
+    skipped = threading.Event()
+    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1})
+    # Listeners are called in the order added: counted before the test is told.
+    scheduler.add_listener(_count_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+    scheduler.add_listener(lambda _: skipped.set(), EVENT_JOB_MAX_INSTANCES)
+    scheduler.add_job(release.wait, "interval", seconds=0.05, id="enforce_limits",
+                      next_run_time=datetime.now(UTC))
+    scheduler.start()
+    try:
+        assert skipped.wait(30)
+    finally:
+        release.set()
+        scheduler.shutdown(wait=True)
+    samples = parse(observability.render_metrics().decode())
+    assert value(samples, "metering_job_runs_skipped_total", job="enforce_limits",
+                 why="running") >= 1
