@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from metering.db import driver, driver_sql
 from metering.usage import RUNNING
 
 KILL_ORDER_LOCK = 0x6B696C6C  # "kill"
@@ -97,8 +98,11 @@ def try_lock_sweep(session: Session) -> bool:
 def running_without_kill_order(
     session: Session, now: datetime, stale_after: timedelta
 ) -> list[RunningExecution]:
-    rows = session.execute(_RUNNING, {"now": now, "stale": stale_after}).all()
-    return [RunningExecution(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
+    # Every second, the whole running fleet: rows fetched by the driver as plain tuples
+    # (SQLAlchemy's row processing was most of the sweep's own CPU at 20,000 sandboxes).
+    with driver(session) as raw, raw.cursor() as cursor:
+        rows = cursor.execute(driver_sql(_RUNNING), {"now": now, "stale": stale_after}).fetchall()
+    return [RunningExecution(*r) for r in rows]
 
 
 def insert_kill_orders(session: Session, orders: Sequence[NewKillOrder]) -> list[KillOrderRow]:

@@ -241,6 +241,9 @@ def sweep(
     `on_look` is told each team read, for the caller to forget if the transaction fails.
     """
     watch = WATCH if watch is None else watch
+    # The budgets count from here, the read of the fleet included: on a busy database the
+    # sweep still ends within its 1-second cadence (what is not judged now waits a sweep).
+    started = time.monotonic()
     if not repo.try_lock_sweep(session):
         return SweepResult(swept=False)
     running = repo.running_without_kill_order(session, now, stale_after)
@@ -263,7 +266,7 @@ def sweep(
     # The most urgent looks first, while the budget lasts; the rest wait for the next sweep
     # (teams looked at before still have their durations judged now, on their last limits).
     teams.sort(key=lambda t: (t[3] is None, t[3] or (0, now), t[0]))
-    looks_end = time.monotonic() + watch.look_budget_s
+    looks_end = started + watch.look_budget_s
     limits_end = looks_end + watch.limits_budget_s
     looked = 0
     for team_id, executions, current, priority in teams:
