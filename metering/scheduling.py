@@ -10,8 +10,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
 
 class JobEntry(NamedTuple):
     name: str
     interval_s: float
     run: Callable[[], object]
+
+
+# Tables emptied by DELETE every few seconds (the liveness log, the rollup deltas) are
+# vacuumed by their own job every this many runs, so they stay a few pages long without
+# relying on autovacuum's schedule.
+VACUUM_EVERY = 20
+
+
+class Every:
+    """True once every `n` calls (per process)."""
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+        self._calls = 0
+
+    def __call__(self) -> bool:
+        self._calls += 1
+        return self._calls % self._n == 0
+
+
+def vacuum(sessions: sessionmaker[Session], *tables: str) -> None:
+    """VACUUM small, constantly emptied tables (outside a transaction, as VACUUM must be);
+    a table another worker is vacuuming is skipped."""
+    engine = sessions.kw["bind"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in tables:
+            conn.execute(text(f"VACUUM (SKIP_LOCKED) {table}"))

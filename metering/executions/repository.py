@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,10 +21,14 @@ class ExecutionKey:
     last_event_at: datetime
 
 
+# Rows already there are left out by the snapshot first: the unique check of ON CONFLICT
+# would otherwise wait for any transaction updating them (a liveness pass) to finish.
 _ENSURE = text("""
 INSERT INTO executions (execution_id, team_id, sandbox_id, last_event_at)
 SELECT * FROM unnest(CAST(:execution_id AS text[]), CAST(:team_id AS text[]),
                      CAST(:sandbox_id AS text[]), CAST(:last_event_at AS timestamptz[]))
+                 AS u(execution_id, team_id, sandbox_id, last_event_at)
+WHERE NOT EXISTS (SELECT 1 FROM executions e WHERE e.execution_id = u.execution_id)
 ON CONFLICT (execution_id) DO NOTHING
 """)
 
@@ -80,17 +84,17 @@ def ensure(session: Session, keys: Sequence[ExecutionKey]) -> None:
         })
 
 
-def ensure_and_lock(session: Session, keys: Sequence[ExecutionKey]) -> dict[str, str]:
-    """Create missing execution rows, then lock them all in id order (no deadlocks).
+def ensure_and_lock(
+    session: Session, keys: Sequence[ExecutionKey], existing: Collection[str] = (),
+) -> dict[str, str]:
+    """Create missing execution rows (all but the `existing` ones, known to be there), then
+    lock them all in id order (no deadlocks).
 
     Answers execution id -> the team it belongs to (the first team it was seen with)."""
     ordered = sorted({k.execution_id: k for k in keys}.values(), key=lambda k: k.execution_id)
-    session.execute(_ENSURE, {
-        "execution_id": [k.execution_id for k in ordered],
-        "team_id": [k.team_id for k in ordered],
-        "sandbox_id": [k.sandbox_id for k in ordered],
-        "last_event_at": [k.last_event_at for k in ordered],
-    })
+    # An existing row's unique check would wait for whoever is updating it (the liveness
+    # pass): skip the insert for rows known to be there.
+    ensure(session, [k for k in ordered if k.execution_id not in existing])
     ids = [k.execution_id for k in ordered]
     return {r[0]: r[1] for r in session.execute(_LOCK, {"ids": ids})}
 
@@ -146,26 +150,47 @@ def store_recomputed(session: Session, items: Sequence[Recomputed]) -> None:
         session.execute(_INSERT_SEGMENTS, seg_rows)
 
 
-# The hourly contribution of settled executions, times :sign (+1 add, -1 subtract).
+# The hourly contribution of settled executions, times :sign (+1 add, -1 subtract),
+# appended: no row is shared with a concurrent batch (a team's current hour would be).
+# The segments are found by id first (materialized, so no plan walks a team-ordered index
+# to feed the grouping: without statistics, PostgreSQL chose that and read every segment).
 _ROLLUP_DELTA = text("""
-INSERT INTO usage_rollups AS r (team_id, hour, vcpu_ms, mib_ms)
+WITH seg AS MATERIALIZED (
+    SELECT s.team_id, s.start_at, coalesce(s.end_at, e.inferred_end_at) AS seg_end,
+           s.vcpu, s.memory_mib
+    FROM execution_segments s JOIN executions e ON e.execution_id = s.execution_id
+    WHERE s.execution_id = ANY(CAST(:ids AS text[]))
+      AND (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)
+)
+INSERT INTO usage_rollup_deltas (team_id, hour, vcpu_ms, mib_ms)
 SELECT s.team_id, h.hour,
        CAST(:sign * sum(s.vcpu * m.ms) AS bigint), CAST(:sign * sum(s.memory_mib * m.ms) AS bigint)
-FROM execution_segments s
-JOIN executions e ON e.execution_id = s.execution_id
-CROSS JOIN LATERAL (SELECT coalesce(s.end_at, e.inferred_end_at) AS seg_end) x
+FROM seg s
 CROSS JOIN LATERAL generate_series(date_trunc('hour', s.start_at),
-                                   x.seg_end - interval '1 millisecond',
+                                   s.seg_end - interval '1 millisecond',
                                    interval '1 hour') AS h(hour)
-CROSS JOIN LATERAL (SELECT CAST(extract(epoch FROM least(x.seg_end, h.hour + interval '1 hour')
+CROSS JOIN LATERAL (SELECT CAST(extract(epoch FROM least(s.seg_end, h.hour + interval '1 hour')
                                         - greatest(s.start_at, h.hour)) * 1000 AS bigint) AS ms) m
-WHERE s.execution_id = ANY(CAST(:ids AS text[]))
-  AND (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)
-  AND x.seg_end > s.start_at
+WHERE s.seg_end > s.start_at
 GROUP BY s.team_id, h.hour
-ORDER BY s.team_id, h.hour
-ON CONFLICT (team_id, hour) DO UPDATE SET
-    vcpu_ms = r.vcpu_ms + excluded.vcpu_ms, mib_ms = r.mib_ms + excluded.mib_ms
+""")
+
+# Moves every committed delta into the rollups in one statement (so a reader, in one
+# snapshot, sees each delta either still appended or already folded, never both or neither).
+# Rows are written in key order, so two workers folding at once wait instead of deadlocking.
+_FOLD_ROLLUP_DELTAS = text("""
+WITH moved AS (
+    DELETE FROM usage_rollup_deltas RETURNING team_id, hour, vcpu_ms, mib_ms
+), upserted AS (
+    INSERT INTO usage_rollups AS r (team_id, hour, vcpu_ms, mib_ms)
+    SELECT team_id, hour, sum(vcpu_ms), sum(mib_ms) FROM moved
+    GROUP BY team_id, hour
+    HAVING sum(vcpu_ms) <> 0 OR sum(mib_ms) <> 0
+    ORDER BY team_id, hour
+    ON CONFLICT (team_id, hour) DO UPDATE SET
+        vcpu_ms = r.vcpu_ms + excluded.vcpu_ms, mib_ms = r.mib_ms + excluded.mib_ms
+)
+SELECT count(*) FROM moved
 """)
 
 _SETTLE = text("""
@@ -200,6 +225,11 @@ def apply_rollup_delta(session: Session, ids: Sequence[str], sign: int) -> None:
     """Add (+1) or subtract (-1) the settled usage of these (locked) executions."""
     if ids:
         session.execute(_ROLLUP_DELTA, {"ids": list(ids), "sign": sign})
+
+
+def fold_rollup_deltas(session: Session) -> int:
+    """Fold the appended deltas into `usage_rollups`; answers how many were folded."""
+    return int(session.execute(_FOLD_ROLLUP_DELTAS).scalar_one())
 
 
 def settle_stale(session: Session, now: datetime, stale_after: Any, limit: int) -> list[str]:

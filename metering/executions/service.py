@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
+from metering import known
 from metering.core.clock import from_ms, to_ms
 from metering.core.usage import LifecycleEvent, LifecycleKind, build_timeline
 from metering.executions import repository as repo
@@ -29,7 +30,10 @@ def recompute(session: Session, keys: Sequence[ExecutionKey]) -> None:
     """
     if not keys:
         return
-    team_of = repo.ensure_and_lock(session, keys)
+    new = set(known.executions.unknown(k.execution_id for k in keys))
+    existing = {k.execution_id for k in keys} - new
+    team_of = repo.ensure_and_lock(session, keys, existing)
+    known.executions.remember_after_commit(session, new)
     ids = list(team_of)
     # Take the executions' old settled usage out of the rollups; put the new one back below.
     repo.apply_rollup_delta(session, ids, -1)

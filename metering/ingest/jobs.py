@@ -1,15 +1,16 @@
 """Ingest's background work: the liveness refresh, the fold of pending samples into minute
 rows, and the sample partitions made ahead; plain functions the scheduler (or a test) calls.
 
-Each job runs in its own transaction and is safe to run on any number of workers at once:
-the fold takes an exclusive advisory lock, and the liveness refresh is a monotonic upsert.
+Each job runs in its own transactions and is safe to run on any number of workers at once:
+the fold takes an exclusive advisory lock, and the liveness refresh is a monotonic update of
+what it drained from its log.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,16 +20,33 @@ from metering.db import transaction
 from metering.ingest import partitions
 from metering.ingest import repository as ingest_repo
 from metering.ingest.service import FOLD_AGE
-from metering.scheduling import JobEntry
+from metering.scheduling import VACUUM_EVERY, Every, JobEntry, vacuum
 
 log = logging.getLogger(__name__)
 
 FOLD_BATCH = 200_000
 
 
-def refresh_liveness(sessions: sessionmaker[Session]) -> int:
-    with transaction(sessions) as session:
-        return ingest_repo.refresh_liveness(session)
+# An execution still sending samples has its `last_event_at` written once it moved this
+# far; its figures do not depend on it (it is running), and the pass writes a tenth as much.
+LIVENESS_STEP = timedelta(seconds=10)
+
+
+def refresh_liveness(
+    sessions: sessionmaker[Session], stale_after_s: int = 60,
+    step: timedelta | None = None,
+) -> int:
+    """Drain the liveness log into `executions.last_event_at`, a chunk per transaction (each
+    short, so ingest never waits long on the rows it locks). `step` None writes every
+    newest time (exact); see `ingest_repo.refresh_liveness`. Answers executions written."""
+    written = 0
+    while True:
+        with transaction(sessions) as session:
+            done = ingest_repo.refresh_liveness(
+                session, utc_now(), timedelta(seconds=stale_after_s), step)
+        written += done.written
+        if done.drained < ingest_repo.LIVENESS_CHUNK:
+            return written
 
 
 class Pacer:
@@ -53,22 +71,27 @@ class Pacer:
 
 
 _liveness_pacer = Pacer(duty=0.25)
+_liveness_vacuum = Every(VACUUM_EVERY)
 
 
-def refresh_liveness_paced(sessions: sessionmaker[Session]) -> int | None:
-    """The scheduler's liveness refresh: skipped (None) while paced, see `Pacer`."""
+def refresh_liveness_paced(sessions: sessionmaker[Session], stale_after_s: int = 60) -> int | None:
+    """The scheduler's liveness refresh, `LIVENESS_STEP` apart for executions still sending:
+    skipped (None) while paced, see `Pacer`."""
     if not _liveness_pacer.due():
         return None
     started = time.monotonic()
     try:
-        return refresh_liveness(sessions)
+        return refresh_liveness(sessions, stale_after_s, LIVENESS_STEP)
     finally:
         _liveness_pacer.ran(started)
+        if _liveness_vacuum():
+            vacuum(sessions, "liveness_log")
 
 
 def fold_samples(sessions: sessionmaker[Session]) -> int:
-    """Fold pending samples older than three minutes into minute rows, refreshing liveness
-    first so no newest-event time is lost. Never folds fresher samples: ingest relies on it.
+    """Fold pending samples older than three minutes into minute rows. Never folds fresher
+    samples: ingest relies on it. (Liveness does not read the pending table: the fold
+    loses no newest-event time, see `ingest_repo.log_liveness`.)
 
     Samples of months before the retention horizon are discarded (counted and logged): their
     partition was dropped on purpose. They still served liveness before the fold."""
@@ -76,7 +99,6 @@ def fold_samples(sessions: sessionmaker[Session]) -> int:
     moved_total = discarded_total = 0
     while True:
         with transaction(sessions) as session:
-            ingest_repo.refresh_liveness(session)
             batch = _fold_batch(session, watermark)
         moved_total += batch.moved
         discarded_total += batch.discarded
@@ -122,7 +144,7 @@ def maintain_sample_partitions(sessions: sessionmaker[Session]) -> list[datetime
 def schedule(sessions: sessionmaker[Session], settings: Settings) -> list[JobEntry]:
     return [
         JobEntry("refresh_liveness", max(settings.fold_interval_s / 2, 1.0),
-                 lambda: refresh_liveness_paced(sessions)),
+                 lambda: refresh_liveness_paced(sessions, settings.stale_after_s)),
         JobEntry("fold_samples", settings.fold_interval_s * 6, lambda: fold_samples(sessions)),
         JobEntry("sample_partitions", 3600.0, lambda: maintain_sample_partitions(sessions)),
     ]

@@ -4,6 +4,8 @@
   that a replay is a duplicate and a changed replay a conflict.
 - `host_stats_pending`: per-second samples as they arrive, keyed by (source, id); a fold job
   moves them into `sample_minutes` once their minute is well past.
+- `liveness_log`: per batch, the newest sample time of each of its executions, drained by the
+  liveness pass into `executions.last_event_at`.
 - `sample_minutes`: one row per execution-minute with avg/max figures and, for exact
   deduplication forever, one 64-bit tag per sample: 48 bits of the (source, id) hash and 16
   bits of the content hash. About 8 bytes a sample instead of a row each. Partitioned by
@@ -19,8 +21,10 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -58,7 +62,9 @@ class LifecycleEventRow(Base):
 
 class PendingSample(Base):
     __tablename__ = "host_stats_pending"
-    __table_args__ = (PrimaryKeyConstraint("source", "id"),)
+    __table_args__ = (PrimaryKeyConstraint("source", "id"),
+                      # A sandbox's metrics read its own pending samples, not all of them.
+                      Index("ix_host_stats_pending_execution_id", "execution_id", "time"))
 
     source: Mapped[str] = mapped_column(String(1024))
     id: Mapped[str] = mapped_column(String(256))
@@ -68,6 +74,19 @@ class PendingSample(Base):
     cpu_centipct: Mapped[int | None] = mapped_column(Integer)
     memory_used_mib: Mapped[int | None] = mapped_column(Integer)
     tag: Mapped[int] = mapped_column(BigInteger)
+
+
+class LivenessEntry(Base):
+    """One ingest batch's newest sample time per execution, until the liveness pass carries
+    them into `executions.last_event_at`. `carried`: put back by a pass that did not write it
+    yet (see `metering.ingest.repository.refresh_liveness`)."""
+
+    __tablename__ = "liveness_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    carried: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    execution_ids: Mapped[list[str]] = mapped_column(ARRAY(String))
+    newest: Mapped[list[datetime]] = mapped_column(ARRAY(DateTime(timezone=True)))
 
 
 class SampleMinute(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from sqlalchemy import text
@@ -121,25 +121,61 @@ SELECT count(*), count(*) FILTER (WHERE time < :kept_from),
 FROM moved
 """)
 
-_NEWEST_PENDING = text("""
-SELECT execution_id, max(time) FROM host_stats_pending GROUP BY execution_id
+# One JSON parameter (see `insert_pending`), one row per batch.
+_LOG_LIVENESS = text("""
+INSERT INTO liveness_log (execution_ids, newest)
+SELECT array_agg(x ORDER BY x), array_agg(timestamptz 'epoch' + ms * interval '1 millisecond'
+                                          ORDER BY x)
+FROM json_to_recordset(CAST(:rows AS json)) AS u(x text, ms bigint)
 """)
 
-# Rows are locked in id order first (the same order ingest and the sweeps use), so two
-# passes, or a pass and an ingest, wait for each other instead of deadlocking.
+# One statement, one round trip: drain a chunk of the log (oldest first), take each
+# execution's newest time and whether it came only from entries a pass put back (nothing new
+# arrived for it since), write what must be written, put back the rest. Rows are locked in
+# id order (the order ingest and the sweeps use), so a pass and an ingest wait for each other
+# instead of deadlocking. Answers the counts and the settled executions to reopen.
 _LIVENESS = text("""
-WITH n AS (
-    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:newest AS timestamptz[]))
-        AS u(execution_id, newest)
+WITH drained AS (
+    DELETE FROM liveness_log
+    WHERE seq IN (SELECT seq FROM liveness_log ORDER BY seq LIMIT :limit)
+    RETURNING carried, execution_ids, newest
+), n AS (
+    SELECT u.execution_id, max(u.newest) AS newest, bool_and(d.carried) AS quiet
+    FROM drained d
+    CROSS JOIN LATERAL unnest(d.execution_ids, d.newest) AS u(execution_id, newest)
+    GROUP BY u.execution_id
 ), locked AS (
     SELECT e.execution_id, n.newest FROM executions e JOIN n USING (execution_id)
     WHERE e.last_event_at < n.newest
+      AND (:exact OR n.quiet OR n.newest >= e.last_event_at + CAST(:step AS interval)
+           OR e.last_event_at <= CAST(:near_stale AS timestamptz))
     ORDER BY e.execution_id
     FOR UPDATE OF e
+), updated AS (
+    UPDATE executions AS e SET last_event_at = locked.newest
+    FROM locked WHERE e.execution_id = locked.execution_id
+    RETURNING e.execution_id
+), carry AS (
+    SELECT n.execution_id, n.newest FROM n JOIN executions e USING (execution_id)
+    WHERE e.last_event_at < n.newest
+      AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.execution_id = n.execution_id)
+), put_back AS (
+    INSERT INTO liveness_log (carried, execution_ids, newest)
+    SELECT true, array_agg(execution_id ORDER BY execution_id),
+           array_agg(newest ORDER BY execution_id)
+    FROM carry HAVING count(*) > 0
+), reopen AS (
+    SELECT n.execution_id, n.newest FROM n JOIN executions e USING (execution_id)
+    WHERE e.inferred_end_at IS NOT NULL AND n.newest > e.inferred_end_at
 )
-UPDATE executions AS e SET last_event_at = locked.newest
-FROM locked WHERE e.execution_id = locked.execution_id
+SELECT (SELECT count(*) FROM drained), (SELECT count(*) FROM updated),
+       (SELECT count(*) FROM carry),
+       (SELECT array_agg(execution_id ORDER BY execution_id) FROM reopen),
+       (SELECT array_agg(newest ORDER BY execution_id) FROM reopen)
 """)
+
+# The whole log in one chunk when it is as usual (one row per batch since the last pass).
+LIVENESS_CHUNK = 500
 
 
 def minute_of(moment: datetime) -> datetime:
@@ -262,13 +298,41 @@ def fold(
     return FoldBatch(int(row[0]), int(row[1]))
 
 
-def refresh_liveness(session: Session) -> int:
-    """Carry the newest pending sample of each execution into `executions.last_event_at`,
-    reopening executions that had been settled at an older inferred end."""
-    rows = sorted(session.execute(_NEWEST_PENDING).all())
-    if not rows:
-        return 0
-    reopen_if_newer(session, {r[0]: r[1] for r in rows})
-    result = session.execute(_LIVENESS, {
-        "ids": [r[0] for r in rows], "newest": [r[1] for r in rows]})
-    return int(getattr(result, "rowcount", 0) or 0)
+def log_liveness(session: Session, newest_ms: dict[str, int]) -> None:
+    """Record a batch's newest sample time (ms) per execution for the liveness pass: one row
+    per batch, so a sample costs the pass nothing until it is read, and the pass reads only
+    what arrived since it last ran."""
+    if newest_ms:
+        rows = orjson.dumps([{"x": x, "ms": ms} for x, ms in newest_ms.items()]).decode()
+        session.execute(_LOG_LIVENESS, {"rows": rows})
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessPass:
+    drained: int  # log rows read
+    written: int  # executions whose `last_event_at` moved
+    carried: int  # executions put back for a later pass
+
+
+def refresh_liveness(
+    session: Session, now: datetime, stale_after: timedelta, step: timedelta | None,
+    limit: int = LIVENESS_CHUNK,
+) -> LivenessPass:
+    """Carry the newest sample of each execution logged since the last pass into
+    `executions.last_event_at` (newer wins), reopening executions that had been settled at
+    an older inferred end. One chunk of the log; `drained < limit` means it is empty now.
+
+    `step` None writes every newest time. Otherwise an execution that is still sending is
+    written only once its newest is `step` past what is stored (its figures do not depend on
+    it: it is running), and put back in the log until then; one that sent nothing new since
+    the last pass, or whose stored time is within `step` of going stale, is written exactly.
+    So `last_event_at` is exact for every execution that went quiet a pass ago."""
+    margin = step if step is not None else timedelta(0)
+    drained, written, carried, reopen_ids, reopen_newest = session.execute(_LIVENESS, {
+        "limit": limit, "exact": step is None, "step": margin,
+        "near_stale": now - stale_after + 2 * margin,
+    }).one()
+    if reopen_ids:
+        # Already locked by the statement (a settled execution is always written).
+        reopen_if_newer(session, dict(zip(reopen_ids, reopen_newest, strict=True)))
+    return LivenessPass(int(drained), int(written), int(carried))

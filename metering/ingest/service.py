@@ -114,6 +114,8 @@ def _ingest_samples(
     # then wait on each other instead of deadlocking.
     to_insert = sorted(to_insert, key=lambda e: e.key)
     inserted = repo.insert_pending(session, to_insert)
+    _log_liveness(session, to_insert if inserted is None
+                  else [e for e in to_insert if e.key in inserted])
     if inserted is None:
         result.accepted += len(to_insert)
         return
@@ -129,6 +131,15 @@ def _ingest_samples(
                 result.errors.append(_conflict(event))
             else:  # vanished between insert and read: folded meanwhile; treat as duplicate
                 result.duplicates += 1
+
+
+def _log_liveness(session: Session, stored: list[SandboxEvent]) -> None:
+    """The newest stored sample of each execution, for the liveness pass (one row a batch)."""
+    newest: dict[str, int] = {}
+    for event in stored:
+        if event.time_ms > newest.get(event.execution_id, -1):
+            newest[event.execution_id] = event.time_ms
+    repo.log_liveness(session, newest)
 
 
 def _ensure_executions(session: Session, samples: list[SandboxEvent]) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 # One definition of "open" and of a segment's billed end: the bulk read must bill exactly
 # what the per-team read bills.
-from metering.usage.repository import OPEN, SEGMENT_END
+from metering.usage.repository import OPEN, ROLLUPS, SEGMENT_END
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,7 @@ class TeamUsage:
 _TOTALS = """
 WITH settled AS (
     SELECT team_id, sum(vcpu_ms) AS vcpu_ms, sum(mib_ms) AS mib_ms
-    FROM usage_rollups
+    FROM {rollups} r
     WHERE hour >= :start AND hour < :end {team_filter_rollups}
     GROUP BY team_id
 ), live AS (
@@ -60,9 +60,10 @@ ORDER BY team_id
 """
 
 _ALL_TEAMS = text(_TOTALS.format(
-    segment_end=SEGMENT_END, open=OPEN, team_filter_rollups="", team_filter_live=""))
+    segment_end=SEGMENT_END, open=OPEN, rollups=ROLLUPS, team_filter_rollups="",
+    team_filter_live=""))
 _SOME_TEAMS = text(_TOTALS.format(
-    segment_end=SEGMENT_END, open=OPEN,
+    segment_end=SEGMENT_END, open=OPEN, rollups=ROLLUPS,
     team_filter_rollups="AND team_id = ANY(CAST(:teams AS text[]))",
     team_filter_live="AND e.team_id = ANY(CAST(:teams AS text[]))"))
 

@@ -93,10 +93,15 @@ WITH seg AS (
     WHERE e.team_id = :team_id AND e.inferred_end_at > :start AND s.start_at < :end
 ), piece""" + _BUCKETED_SQL.split("), piece", 1)[1])
 
-_ROLLUPS = text("""
+# Settled usage per team and hour: the rollups and the deltas not folded into them yet, in
+# one statement (one snapshot: a delta being folded is counted once).
+ROLLUPS = """(SELECT team_id, hour, vcpu_ms, mib_ms FROM usage_rollups
+ UNION ALL SELECT team_id, hour, vcpu_ms, mib_ms FROM usage_rollup_deltas)"""
+
+_ROLLUPS = text(f"""
 SELECT width_bucket(hour, CAST(:bounds AS timestamptz[])) AS i,
        CAST(sum(vcpu_ms) AS bigint), CAST(sum(mib_ms) AS bigint)
-FROM usage_rollups
+FROM {ROLLUPS} r
 WHERE team_id = :team_id AND hour >= :start AND hour < :end
   AND NOT (hour = ANY(CAST(:partial AS timestamptz[])))
 GROUP BY i

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from metering.usage.repository import ROLLUPS
 from tests.conftest import Keys, event
 
 
@@ -168,5 +169,5 @@ def test_the_same_batch_posted_eight_times_at_once_is_stored_once(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM lifecycle_events")).scalar() == 400
         assert conn.execute(text("SELECT count(*) FROM host_stats_pending")).scalar() == 200
-        usage = conn.execute(text("SELECT sum(vcpu_ms) FROM usage_rollups")).scalar()
+        usage = conn.execute(text(f"SELECT sum(vcpu_ms) FROM {ROLLUPS} r")).scalar()
     assert usage == 200 * 10_000  # each execution's 10 s settled into the rollups exactly once
