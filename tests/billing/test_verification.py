@@ -20,6 +20,7 @@ from billing import cli
 from billing.invoices import cli as invoices_cli
 from metering.config import Settings
 from metering.db import transaction
+from metering.executions.jobs import fold_rollup_deltas
 from tests.billing.test_close import NOV, OCT, SEP, close, iso, pin, put_team, query, run
 from tests.conftest import Keys, event
 
@@ -114,6 +115,7 @@ def test_a_close_over_corrupted_usage_keeps_that_invoice_a_draft_and_says_why(
 ) -> None:
     resized(client, api_keys, "t_hobby", "h_open", end=False)
     if corrupt == "rollup":
+        fold_rollup_deltas(sessions)  # the settled usage is in its hourly rows now
         execute(sessions, """UPDATE usage_rollups SET vcpu_ms = vcpu_ms + 3600000
                              WHERE team_id = 't_hobby' AND hour = :h""",
                 h=OCT + timedelta(days=4, hours=11))
