@@ -9,59 +9,17 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel, Field
 
 from metering import db_async, observability
 from metering.admissions import service
+from metering.admissions.schemas import REFUSALS, AdmissionIn, AdmissionOut
 from metering.api.deps import bearer
-from metering.api.errors import ErrorOut
+from metering.core.admission import AdmissionRequest
 from metering.core.clock import from_ms, to_ms, utc_now
-from metering.core.limits import AdmissionRequest
 from metering.db import transaction
 from metering.errors import Unauthorized
 
 router = APIRouter(tags=["admissions"])
-
-
-class AdmissionIn(BaseModel):
-    model_config = {"json_schema_extra": {"example": {
-        "team_id": "team_8c1", "sandbox_id": "sbx_3f9a", "vcpu": 2, "memory_mib": 1024,
-        "disk_mib": 10240, "timeout_s": 3600}}}
-
-    team_id: str = Field(min_length=1, max_length=128)
-    sandbox_id: str = Field(min_length=1, max_length=256)
-    vcpu: int = Field(ge=1, le=1024)
-    memory_mib: int = Field(ge=1, le=16_777_216)
-    disk_mib: int | None = Field(default=None, ge=1, le=2**31 - 1)
-    timeout_s: int | None = Field(default=None, ge=1, le=2**31 - 1)
-
-
-class AdmissionOut(BaseModel):
-    model_config = {"json_schema_extra": {"examples": [
-        {"admitted": True, "lease_id": "lease_5b1c0e9d2a", "max_duration_s": 3600,
-         "expires_at": "2026-11-03T10:16:32.125Z"},
-        {"admitted": False, "reason": "concurrency_limit", "limit": 20, "current": 20,
-         "message": "20 sandboxes are running or starting (19 running, 1 starting); "
-                    "the limit is 20 concurrent."}]}}
-
-    admitted: bool
-    lease_id: str | None = None
-    max_duration_s: int | None = None
-    expires_at: str | None = None
-    reason: str | None = None
-    limit: int | str | None = None
-    current: int | str | None = None
-    message: str | None = None
-
-
-REFUSALS: dict[int | str, dict[str, Any]] = {
-    402: {"model": AdmissionOut, "description": "credit_exhausted, spend_limit_reached, "
-          "team_blocked"},
-    403: {"model": AdmissionOut | ErrorOut,
-          "description": "resources_exceed_plan, duration_exceeds_plan (an admission); "
-          "`forbidden` (an error: the key's role is not ingest)"},
-    429: {"model": AdmissionOut, "description": "concurrency_limit, start_rate_limited"},
-}
 
 
 def _admit(app_state: Any, token: str, body: AdmissionIn) -> service.Decision:

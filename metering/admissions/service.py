@@ -17,16 +17,17 @@ from sqlalchemy.orm import Session
 
 from metering import db_async, known, plugins
 from metering.admissions import repository as repo
+from metering.admissions.schemas import REFUSAL_STATUS
 from metering.auth.service import Principal, digest, resolve
 from metering.config import Settings
-from metering.core.clock import rfc3339
-from metering.core.limits import (
+from metering.core.admission import (
     Admission,
     AdmissionRequest,
     AdmissionState,
     Refusal,
     decide_admission,
 )
+from metering.core.clock import rfc3339
 from metering.errors import Unauthorized
 from metering.plugins import Standing, TeamLimits
 from metering.teams import service as teams
@@ -122,7 +123,7 @@ def _decide(
     if isinstance(decision, Refusal):
         body = decision.body()
         body["error"] = {"code": decision.reason, "message": decision.message}
-        return Decision(decision.http_status, body), None
+        return Decision(REFUSAL_STATUS[decision.reason], body), None
     assert isinstance(decision, Admission)
     lease_id = "lease_" + secrets.token_hex(10)
     expires_at = now + timedelta(seconds=settings.lease_ttl_s)

@@ -25,13 +25,10 @@ from sqlalchemy.orm import Session
 from metering import plugins
 from metering.api.pagination import decode_cursor, encode_cursor
 from metering.core.clock import format_period, rfc3339
-from metering.core.limits import (
-    KillReason,
-    PlanLimits,
-    credit_threshold_crossed,
-    kill_reasons,
-)
+from metering.core.kills import KillReason, kill_reasons
+from metering.core.limits import PlanLimits
 from metering.core.money import fmt
+from metering.core.notifications import credit_threshold_crossed
 from metering.enforcement import outbox
 from metering.enforcement import repository as repo
 from metering.enforcement.repository import KillOrderRow, NewKillOrder, RunningExecution

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from metering.core.limits import PlanLimits, cost_rate_per_second
+from metering.core.limits import PlanLimits
 from metering.core.money import UnitPrices, div, mul
+from metering.core.projection import cost_rate_per_second
 
 _spread = random.Random()  # noqa: S311 - spreading load, not a secret
 
