@@ -31,7 +31,7 @@ from metering.admissions import endpoints as admission_endpoints
 from metering.api.errors import ERROR_RESPONSES, error_response
 from metering.auth import endpoints as keys_endpoints
 from metering.auth.service import ensure_key
-from metering.config import Settings, get_settings
+from metering.config import Settings, configure_clock, get_settings
 from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
 from metering.enforcement import endpoints as enforcement_endpoints
 from metering.errors import MeteringError, StorageUnavailable
@@ -110,6 +110,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, database_url: str | None = None,
                migrate_on_start: bool = True) -> FastAPI:
     settings = settings or get_settings()
+    configure_clock(settings)
     wire_billing()
 
     @asynccontextmanager

@@ -21,7 +21,7 @@ from billing.retention.cli import add_retention_commands
 from billing.stripe_sync.cli import add_stripe_commands
 from metering import migrate
 from metering.auth.cli import add_key_commands
-from metering.config import get_settings
+from metering.config import configure_clock, get_settings
 from metering.console import CommandError, Parser, examples, port, positive_int
 from metering.db import make_engine, make_sessionmaker, resolve_database_url
 from metering.errors import MeteringError
@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from billing import terminal
 
     args = build_parser().parse_args(argv)
+    configure_clock()
     verbose: int = getattr(args, "verbose", 0)
     terminal.configure_logging(get_settings(), long_running=args.command in ("serve", "worker"),
                                verbose=verbose)

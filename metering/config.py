@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metering.core import clock
+
 
 class Settings(BaseSettings):
     """Every knob of the service; environment variables are `METERING_<NAME>`."""
@@ -59,7 +61,17 @@ class Settings(BaseSettings):
     stripe_sync_interval_s: float = 60.0  # float-ok: how often the worker syncs to Stripe
     metrics_port: int | None = None  # `metering worker` serves /metrics here when set
 
+    # Simulations and tests only: `<real anchor>,<simulated anchor>,<rate>` (metering.core.clock)
+    sim_clock: str | None = None
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def configure_clock(settings: Settings | None = None) -> None:
+    """Start-up: put this process on the clock the settings name (`METERING_SIM_CLOCK`, shared
+    by every process started with it), or on the real one."""
+    value = ((settings or get_settings()).sim_clock or "").strip()
+    clock.configure(clock.SimClock.parse(value) if value else None)

@@ -4,7 +4,8 @@ Every module asks `utc_now()` for the time so that tests and the simulated orche
 move one clock instead of many.
 
 Simulation clock. `METERING_SIM_CLOCK="<real anchor>,<simulated anchor>,<rate>"` (unix seconds,
-unix seconds, simulated seconds per real second), read once when this module is imported, makes
+unix seconds, simulated seconds per real second), given to `configure` at start-up (the
+application reads it from its settings, `metering.config.configure_clock`), makes
 `utc_now()` answer ``simulated anchor + (real now - real anchor) * rate``. Every process started
 with the same value (the API, any number of workers, a test's simulated orchestrator through
 `SimClock.now`) then shares one simulated clock: a rate of 100 plays an hour in 36 s, and a rate
@@ -17,7 +18,6 @@ rate. Simulations and tests only; unset in production.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -74,12 +74,13 @@ class SimClock:
         return _EPOCH + timedelta(microseconds=self.sim_anchor_us + elapsed)
 
 
-def _sim_from_environment() -> SimClock | None:
-    value = os.environ.get(SIM_CLOCK_ENV, "").strip()
-    return SimClock.parse(value) if value else None
+_sim: SimClock | None = None
 
 
-_sim = _sim_from_environment()
+def configure(sim: SimClock | None) -> None:
+    """Run this process on a simulated clock (None: the real one). Called once at start-up."""
+    global _sim  # noqa: PLW0603 - the single process-wide clock
+    _sim = sim
 
 
 def utc_now() -> datetime:

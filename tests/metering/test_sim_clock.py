@@ -33,7 +33,9 @@ def test_a_malformed_setting_is_refused(value: str) -> None:
 
 def test_a_process_started_with_the_setting_runs_on_the_simulated_clock() -> None:
     clock = SimClock.starting(START, 1)
-    code = "from metering.core.clock import utc_now; print(utc_now().isoformat())"
+    # What every process of the service does at start-up (`metering ...`, the app factory).
+    code = ("from metering.config import configure_clock; configure_clock(); "
+            "from metering.core.clock import utc_now; print(utc_now().isoformat())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, SIM_CLOCK_ENV: clock.setting()})
     seen = datetime.fromisoformat(out.stdout.strip())
