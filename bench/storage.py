@@ -15,6 +15,7 @@ from datetime import timedelta
 import psycopg
 
 from bench.common import fleet_events, fresh_database, log, machine, now_utc
+from billing.app import wire_billing
 from metering import migrate
 from metering.core.events import validate_batch
 from metering.db import make_engine, make_sessionmaker, transaction
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--sandboxes", type=int, default=500)
     parser.add_argument("--minutes", type=int, default=20)
     args = parser.parse_args()
+    wire_billing()  # new teams start on the default plan, as in the service
     url = fresh_database("metering_bench_storage")
     engine = make_engine(url, pool_size=2)
     migrate.upgrade(engine)

@@ -36,7 +36,6 @@ from metering.db import make_engine, make_sessionmaker, resolve_database_url, tr
 from metering.enforcement import endpoints as enforcement_endpoints
 from metering.errors import MeteringError, StorageUnavailable
 from metering.ingest import endpoints as ingest_endpoints
-from metering.teams import service as teams_service
 from metering.usage import endpoints as usage_endpoints
 
 log = logging.getLogger(__name__)
@@ -177,7 +176,6 @@ def wire_billing() -> None:
     """Plug billing into metering: prices, limits and standing from plans and credits, and
     the default plan (with its credit) for teams first seen in events or admissions."""
     plugins.install(plan_service.BILLING)
-    teams_service.on_teams_created(plan_service.on_teams_created)
 
 
 def app_from_environment() -> FastAPI:

@@ -1,14 +1,16 @@
-"""What metering needs from the billing side, as one protocol billing installs at wiring time.
+"""What metering needs from the billing side, as one protocol billing installs at start-up.
 
-Metering never imports billing. Prices, plan limits and a team's financial standing (credit
-left, spend this month) are billing's data; metering asks for them through `Billing`. Without
-an installed implementation, configured default prices and the default plan's limits apply,
-which is what the spine runs on.
+Metering never imports billing. Prices, plan limits, a team's financial standing (credit left,
+spend this month) and what a new team starts on are billing's data; metering asks for them
+through `Billing`, installed once with `install(...)`. Metering refuses to run without one
+(`BillingNotInstalled`) rather than price and limit on silent defaults. `DefaultBilling`
+(configured prices, the default plan's limits, no credit) is there to be installed on purpose,
+e.g. by tests of metering alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -84,6 +86,11 @@ class Billing(Protocol):
         the row of `admission_prefetch`'s statement when the caller ran it."""
         ...
 
+    def teams_created(self, session: Session, team_ids: Sequence[str], at: datetime) -> None:
+        """Teams first seen (in events or admissions) at `at`, in the transaction that created
+        them: billing puts them on the default plan and grants its credit."""
+        ...
+
 
 class DefaultBilling:
     """Configured prices and the default plan's limits; no credit, no spend limit."""
@@ -116,14 +123,26 @@ class DefaultBilling:
     ) -> tuple[TeamLimits, Standing]:
         return self.limits(session, team_id, now), self.standing(session, team_id, now)
 
+    def teams_created(self, session: Session, team_ids: Sequence[str], at: datetime) -> None:
+        return None
 
-_billing: Billing = DefaultBilling()
+
+class BillingNotInstalled(RuntimeError):
+    """Metering was asked for prices, limits or standing before any `Billing` was installed."""
+
+
+_billing: Billing | None = None
 
 
 def install(billing: Billing) -> None:
+    """Plug billing into metering; every process does this once at start-up."""
     global _billing  # noqa: PLW0603 - one implementation per process, set at wiring time
     _billing = billing
 
 
 def billing() -> Billing:
+    if _billing is None:
+        raise BillingNotInstalled(
+            "no billing installed: call metering.plugins.install(...) at start-up "
+            "(billing.app.wire_billing does)")
     return _billing

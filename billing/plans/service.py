@@ -135,6 +135,9 @@ class PlanBilling:
             need_spend=need_spend, need_burn=full)
         return limits, standing
 
+    def teams_created(self, session: Session, team_ids: Sequence[str], at: datetime) -> None:
+        on_teams_created(session, team_ids, at)
+
 
 BILLING = PlanBilling()
 

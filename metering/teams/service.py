@@ -1,34 +1,25 @@
-"""Teams: creation on first sight, and the hooks other packages hang on it."""
+"""Teams: creation on first sight, blocking and unblocking."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from metering import known
+from metering import known, plugins
 from metering.teams import repository as repo
-
-# Called in the same transaction with (session, new team ids, when): billing assigns the
-# default plan and grants its credit here. Registered by the app that wires both packages.
-TeamsCreatedHook = Callable[[Session, Sequence[str], datetime], None]
-_hooks: list[TeamsCreatedHook] = []
-
-
-def on_teams_created(hook: TeamsCreatedHook) -> None:
-    if hook not in _hooks:
-        _hooks.append(hook)
 
 
 def ensure_teams(session: Session, team_ids: Sequence[str], at: datetime) -> list[str]:
+    """Create the teams not seen before; billing starts them on its default plan in the same
+    transaction (`Billing.teams_created`)."""
     unknown = known.teams.unknown(team_ids)
     if not unknown:
         return []
     created = repo.ensure_teams(session, unknown)
     if created:
-        for hook in _hooks:
-            hook(session, created, at)
+        plugins.billing().teams_created(session, created, at)
     known.teams.remember_after_commit(session, unknown)
     return created
 
