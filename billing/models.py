@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from billing.accounts import models as _accounts  # noqa: F401
 from billing.credits import models as _credits  # noqa: F401
 from billing.invoices import models as _invoices  # noqa: F401
 from billing.plans import models as _plans  # noqa: F401

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
+from billing.accounts import repository as settings_repo
 from billing.accounts.schemas import (
     AddOnIn,
     BalanceOut,
@@ -37,7 +38,7 @@ def team_out(session: Session, team: Team) -> TeamOut:
         id=team.id, name=team.name, email=team.email, plan=limits.plan_code,
         credit_enforced=limits.credit_enforced, limits=LimitsOut.of(limits.limits),
         spend_limit=fmt_minor(team.spend_limit) if team.spend_limit is not None else None,
-        collection_method=team.collection_method,
+        collection_method=settings_repo.collection_method(session, team.id),
         blocked=team.blocked_at is not None, blocked_reason=team.blocked_reason,
         blocked_at=rfc3339(team.blocked_at) if team.blocked_at else None,
         auto_created=team.auto_created, created_at=rfc3339(team.created_at))

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billing.accounts import repository as team_settings
 from billing.core import plan_versions as core
 from billing.core.rating import quote
 from billing.credits import service as credits
@@ -196,7 +197,7 @@ def put_team(session: Session, team_id: str, update: TeamUpdate) -> Team:
     elif update.clear_spend_limit:
         team.spend_limit = None
     if update.collection_method is not None:
-        team.collection_method = update.collection_method
+        team_settings.set_collection_method(session, team_id, update.collection_method)
     team.auto_created = False
     session.flush()
     return team

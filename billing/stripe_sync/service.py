@@ -45,6 +45,7 @@ from typing import Literal, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing.accounts import repository as team_settings
 from billing.invoices import repository as invoices_repo
 from billing.invoices.models import Invoice
 from billing.stripe_sync import planning
@@ -274,7 +275,7 @@ class InvoiceSync:
             team = repo.get_team(session, invoice.team_id)
             if team is None:
                 raise _Permanent(f"no team {invoice.team_id}")
-            method = team.collection_method
+            method = team_settings.collection_method(session, team.id)
             if method not in ("charge_automatically", "send_invoice"):
                 raise _Permanent(f"team {team.id} has collection_method {method!r}")
             currency = invoice.currency.lower()

@@ -25,6 +25,3 @@ class Team(Base):
     blocked_reason: Mapped[str | None] = mapped_column(String(64))
     # Monthly spend limit (usage charges in the team's currency); None means no limit.
     spend_limit: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
-    # Invoices are charged automatically or sent for payment (Stripe's collection_method).
-    collection_method: Mapped[str] = mapped_column(
-        String(32), server_default=text("'charge_automatically'"))

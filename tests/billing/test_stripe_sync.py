@@ -21,6 +21,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing.accounts.models import TeamBillingSettings
 from billing.invoices.models import Invoice, InvoiceLine
 from billing.stripe_sync import planning
 from billing.stripe_sync.gateway import StripeGateway
@@ -44,8 +45,9 @@ FAST = SyncPolicy(call_attempts=2, call_backoff_s=0.01, max_inline_wait_s=0.5,
 def make_team(sessions: sessionmaker[Session], team_id: str, *,
               collection_method: str = "charge_automatically") -> str:
     with transaction(sessions) as session:
-        session.add(Team(id=team_id, name=f"Team {team_id}", email=f"{team_id}@example.com",
-                         collection_method=collection_method))
+        session.add(Team(id=team_id, name=f"Team {team_id}", email=f"{team_id}@example.com"))
+        session.flush()
+        session.add(TeamBillingSettings(team_id=team_id, collection_method=collection_method))
     return team_id
 
 
