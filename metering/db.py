@@ -1,16 +1,18 @@
 """PostgreSQL: the engine, sessions, the declarative base, and the embedded server.
 
-Sessions follow one lifecycle: a request's session commits when the handler succeeds and
-rolls back when it raises; repositories never commit.
+One unit of work for requests and jobs alike, `transaction()`: the session commits when the
+work succeeds and rolls back when it raises; repositories never commit. `run_transaction` is
+the same with a retry of a transaction that lost a deadlock; `commit_with` lets the hot path
+send its last statement and the commit in one round trip.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy import MetaData, create_engine
@@ -138,3 +140,36 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+T = TypeVar("T")
+
+# Deadlock detected, serialization failure: the transaction was rolled back whole and may run
+# again as it was.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T], *,
+                    attempts: int = 1) -> T:
+    """`work` as one unit of work (`transaction`), run again whole, up to `attempts` times in
+    all, when it lost a deadlock or a serialization conflict (nothing of it was committed)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with transaction(factory) as session:
+                return work(session)
+        except DBAPIError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate not in RETRYABLE_SQLSTATES or attempt == attempts:
+                raise
+            log.info("transaction lost a conflict, run again", extra={"sqlstate": sqlstate})
+    raise AssertionError("attempts must be at least 1")
+
+
+def commit_with(session: Session, statement: TextClause | str, params: Mapping[str, Any]
+                ) -> None:
+    """Commit the unit of work with one last statement in the same round trip (the statement
+    and the COMMIT are pipelined). The unit of work's own commit afterwards finds nothing
+    left to do; a failure raises as any statement's would, and the work rolls back."""
+    with driver(session) as raw, raw.pipeline():
+        raw.execute(driver_sql(statement), params)
+        raw.commit()

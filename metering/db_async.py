@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -63,6 +63,15 @@ async def close_pool(state: Any) -> None:
 
 def pool_for_loop(state: Any) -> AsyncConnectionPool | None:
     return _pools(state).get(id(asyncio.get_running_loop()))
+
+
+async def commit_with(conn: psycopg.AsyncConnection[Any], statement: str,
+                      params: Mapping[str, Any]) -> None:
+    """`metering.db.commit_with` on the event loop's connection: the last statement and the
+    COMMIT of the unit of work `connection` opened, in one round trip."""
+    async with conn.pipeline():
+        await conn.execute(statement, params)
+        await conn.commit()
 
 
 @asynccontextmanager

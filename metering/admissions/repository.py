@@ -48,7 +48,7 @@ SELECT
      AND l.created_at <= %(now)s)
 """
 
-_INSERT = """
+INSERT_LEASE = """
 INSERT INTO leases (id, team_id, sandbox_id, vcpu, memory_mib, disk_mib, max_duration_s,
                     created_at, expires_at)
 VALUES (%(id)s, %(team_id)s, %(sandbox_id)s, %(vcpu)s, %(memory_mib)s, %(disk_mib)s,
@@ -123,21 +123,6 @@ async def prefetch_async(
         extra = await conn.execute(billing.sql, billing.params) if billing is not None else None
     return _prefetched(await key.fetchone(), await lease.fetchone(), await counts.fetchone(),
                        await extra.fetchone() if extra is not None else None)
-
-
-def insert_lease_and_commit(session: Session, **values: Any) -> None:
-    """Insert the lease and commit the admission (releasing the team's lock) in one round
-    trip; the session's own commit afterwards finds nothing left to do."""
-    with driver(session) as raw, raw.pipeline():
-        raw.execute(_INSERT, values)
-        raw.commit()
-
-
-async def insert_lease_and_commit_async(conn: psycopg.AsyncConnection[Any],
-                                        **values: Any) -> None:
-    async with conn.pipeline():
-        await conn.execute(_INSERT, values)
-        await conn.commit()
 
 
 def consume(session: Session, sandboxes: Sequence[str], now: datetime) -> None:

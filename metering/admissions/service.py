@@ -28,6 +28,7 @@ from metering.core.admission import (
     decide_admission,
 )
 from metering.core.clock import rfc3339
+from metering.db import commit_with
 from metering.errors import Unauthorized
 from metering.plugins import Standing, TeamLimits
 from metering.teams import service as teams
@@ -64,7 +65,8 @@ def admit(
     decision, lease = _decide(settings, team_id, sandbox_id, request, now, got, team_limits,
                               standing)
     if lease is not None:
-        repo.insert_lease_and_commit(session, **lease)
+        # The lease and the commit (which releases the team's lock) in one round trip.
+        commit_with(session, repo.INSERT_LEASE, lease)
     return decision
 
 
@@ -92,7 +94,7 @@ async def admit_on_loop(
             return None
         decision, lease = _decide(settings, team_id, sandbox_id, request, now, got, *view)
         if lease is not None:
-            await repo.insert_lease_and_commit_async(conn, **lease)
+            await db_async.commit_with(conn, repo.INSERT_LEASE, lease)
         return decision
 
 

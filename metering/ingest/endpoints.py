@@ -10,11 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from metering.api.deps import authenticate, bearer
 from metering.core.clock import utc_now
+from metering.db import run_transaction
 from metering.errors import BadRequest, PayloadTooLarge, Unauthorized
 from metering.ingest import service
 
@@ -83,32 +83,21 @@ async def read_batch(request: Request) -> list[Any]:
     return batch
 
 
-RETRYABLE = {"40P01", "40001"}  # deadlock detected, serialization failure
 ATTEMPTS = 3
 
 
 def _ingest(app_state: Any, token: str | None, batch: list[Any]) -> bytes:
-    """The whole unit of work in one worker thread: key, ingest, commit. A transaction that
-    lost a deadlock is retried whole (nothing of it was committed)."""
+    """The whole unit of work in one worker thread: key, ingest, commit (durable before the
+    answer). A transaction that lost a deadlock is run again whole."""
     settings = app_state.settings
-    for attempt in range(ATTEMPTS):
-        session: Session = app_state.sessions()
-        try:
-            principal = authenticate(session, token)
-            principal.require("ingest")
-            result = service.ingest(session, batch, utc_now(), settings.future_tolerance_s)
-            session.commit()  # durable before the answer
-            return orjson.dumps(result.as_dict())
-        except DBAPIError as exc:
-            session.rollback()
-            if getattr(exc.orig, "sqlstate", None) not in RETRYABLE or attempt == ATTEMPTS - 1:
-                raise
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
-    raise AssertionError("unreachable")
+
+    def work(session: Session) -> service.IngestResult:
+        principal = authenticate(session, token)
+        principal.require("ingest")
+        return service.ingest(session, batch, utc_now(), settings.future_tolerance_s)
+
+    result = run_transaction(app_state.sessions, work, attempts=ATTEMPTS)
+    return orjson.dumps(result.as_dict())
 
 
 @router.post(
