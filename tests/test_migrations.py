@@ -54,11 +54,11 @@ def test_team_collection_methods_move_to_billing_and_back_intact(database_url: s
         conn.execute(f'CREATE DATABASE "{name}"')
     engine = make_engine(_database_url(name), pool_size=1)
     try:
-        migrate.upgrade(engine, "0010")
+        migrate.upgrade(engine, "0011")
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO teams (id, collection_method) VALUES "
                               "('team_sent', 'send_invoice'), ('team_charged', DEFAULT)"))
-        migrate.upgrade(engine, "0011")
+        migrate.upgrade(engine, "0012")
         with engine.connect() as conn:
             moved = conn.execute(text(
                 "SELECT team_id, collection_method FROM team_billing_settings ORDER BY 1")).all()
@@ -66,7 +66,7 @@ def test_team_collection_methods_move_to_billing_and_back_intact(database_url: s
                 c["name"] for c in inspect(conn).get_columns("teams")}
         assert [tuple(r) for r in moved] == [("team_charged", "charge_automatically"),
                                             ("team_sent", "send_invoice")]
-        migrate.downgrade(engine, "0010")
+        migrate.downgrade(engine, "0011")
         with engine.connect() as conn:
             back = conn.execute(text(
                 "SELECT id, collection_method FROM teams ORDER BY 1")).all()
