@@ -18,7 +18,9 @@ what ingest produces for created/updated/killed events:
 - 500 executions still open (no end event, stale since 30 min into the next month), which the
   close integrates live, as it must before the settle sweep has run.
 
-`lifecycle_events` are not generated: the close reads executions, segments and rollups only.
+- `lifecycle_events` those rows come from: the close reads executions, segments and rollups,
+  and checks every invoice against the usage integrated from these events before finalizing.
+
 Stripe is not involved (the close only queues `invoice.finalized`).
 
 After the close the bench checks the result: every team with usage has one invoice, the usage
@@ -118,6 +120,30 @@ LOAD = [
                                         memory_mib)
         SELECT execution_id, 0, team_id, start_at, NULL, vcpu, memory_mib
         FROM executions WHERE execution_id LIKE 'exe_open_%'"""),
+    # The lifecycle events those rows were made from (what `metering invoices verify` and the
+    # close's check before finalizing read): created, updated halfway for the split ones,
+    # killed; the open ones only created (their newest event is `executions.last_event_at`).
+    ("lifecycle_events", """
+        INSERT INTO lifecycle_events (source, id, type, subject, team_id, execution_id, time,
+                                      data, digest)
+        SELECT 'bench', e.execution_id || ':' || k.kind, 'sandbox.lifecycle.' || k.kind,
+               e.sandbox_id, e.team_id, e.execution_id, k.time,
+               jsonb_build_object('team_id', e.team_id, 'execution_id', e.execution_id)
+                   || k.data, decode('00', 'hex')
+        FROM executions e
+        CROSS JOIN LATERAL (VALUES
+            ('created', e.start_at, jsonb_build_object('vcpu', e.vcpu, 'memory_mib',
+                                                       e.memory_mib, 'template_id',
+                                                       e.template_id)),
+            ('updated', CASE WHEN right(e.execution_id, 1) = '3' AND e.end_at IS NOT NULL
+                                  AND e.execution_id NOT LIKE 'exe_late_%'
+                             THEN date_trunc('milliseconds',
+                                             e.start_at + (e.end_at - e.start_at) / 2) END,
+             jsonb_build_object('vcpu', e.vcpu * 2)),
+            ('killed', e.end_at, jsonb_build_object('reason', 'request'))
+        ) AS k(kind, time, data)
+        WHERE k.time IS NOT NULL AND e.execution_id LIKE 'exe_%'
+          AND e.execution_id NOT LIKE 'exe_late_%'"""),
 ]
 
 # Late usage: executions of the closed month whose events arrive after its close (written
@@ -140,6 +166,26 @@ LATE = [
                                         memory_mib)
         SELECT execution_id, 0, team_id, start_at, end_at, vcpu, memory_mib
         FROM executions WHERE execution_id LIKE 'exe_late_%'"""),
+    ("late lifecycle_events", """
+        INSERT INTO lifecycle_events (source, id, type, subject, team_id, execution_id, time,
+                                      data, digest)
+        SELECT 'bench', e.execution_id || ':' || k.kind, 'sandbox.lifecycle.' || k.kind,
+               e.sandbox_id, e.team_id, e.execution_id, k.time,
+               jsonb_build_object('team_id', e.team_id, 'execution_id', e.execution_id)
+                   || k.data, decode('00', 'hex')
+        FROM executions e
+        CROSS JOIN LATERAL (VALUES
+            ('created', e.start_at, jsonb_build_object('vcpu', e.vcpu, 'memory_mib',
+                                                       e.memory_mib, 'template_id',
+                                                       e.template_id)),
+            ('updated', CASE WHEN right(e.execution_id, 1) = '3' AND e.end_at IS NOT NULL
+                                  AND e.execution_id NOT LIKE 'exe_late_%'
+                             THEN date_trunc('milliseconds',
+                                             e.start_at + (e.end_at - e.start_at) / 2) END,
+             jsonb_build_object('vcpu', e.vcpu * 2)),
+            ('killed', e.end_at, jsonb_build_object('reason', 'request'))
+        ) AS k(kind, time, data)
+        WHERE k.time IS NOT NULL AND e.execution_id LIKE 'exe_late_%'"""),
 ]
 
 
