@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.accounts import endpoints as accounts_endpoints
+from billing.charges import endpoints as charges_endpoints
 from billing.dashboard import endpoints as dashboard_endpoints
 from billing.invoices import endpoints as invoice_endpoints
 from billing.plans import endpoints as plan_endpoints
@@ -162,7 +163,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
 
     for router in (ingest_endpoints.router, admission_endpoints.router, usage_endpoints.router,
                    accounts_endpoints.router, plan_endpoints.router, keys_endpoints.router,
-                   enforcement_endpoints.router, invoice_endpoints.router, stripe_router,
+                   enforcement_endpoints.router, invoice_endpoints.router, charges_endpoints.router,
+                   stripe_router,
                    dashboard_endpoints.router):
         responses = ERROR_RESPONSES
         if router is ingest_endpoints.router:

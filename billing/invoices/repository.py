@@ -599,6 +599,15 @@ def lines_of(session: Session, invoice_ids: Sequence[str]) -> dict[str, list[Any
     return dict(out)
 
 
+def read_instants(session: Session, invoice_id: str) -> tuple[datetime | None, datetime]:
+    """(when its close read usage, the close's clock) of an invoice: the instant its charges
+    are explained as of."""
+    row = session.execute(text("""
+        SELECT usage_read_at, coalesce(finalized_at, created_at) FROM invoices
+        WHERE id = :id"""), {"id": invoice_id}).one()
+    return row[0], row[1]
+
+
 def usage_periods_of(session: Session, invoice_id: str) -> set[str]:
     rows = session.execute(text(
         "SELECT DISTINCT usage_period FROM invoice_usage WHERE invoice_id = :id"),

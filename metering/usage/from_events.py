@@ -59,6 +59,10 @@ class ExecutionUsage:
     mib_ms: int
 
 
+# One pass of window functions per execution (no self-joins: their row estimates go wrong on
+# filtered CTEs and turn into nested loops): mark each event with its execution's start and
+# end, keep the first start and the updates, give each its execution's stop, order them, carry
+# a field an update leaves out from before, and cut the segments at the windows.
 _BODY = """
 WITH ev AS (
     SELECT le.execution_id, le.team_id, le.time, le.source, le.id, le.subject,
@@ -72,67 +76,61 @@ WITH ev AS (
     WHERE {scope}
       AND (CAST(:received_by AS timestamptz) IS NULL
            OR le.received_at <= CAST(:received_by AS timestamptz))
-), starts AS (
-    SELECT DISTINCT ON (execution_id) execution_id, team_id, subject, template_id,
-           time AS start_at, coalesce(vcpu, 1) AS vcpu, coalesce(mem, 0) AS mem
-    FROM ev WHERE rank = 0 ORDER BY execution_id, time, source, id
-), ends AS (
-    SELECT execution_id, min(time) AS end_at FROM ev WHERE rank = 2 GROUP BY execution_id
-), life AS (
-    SELECT s.execution_id, s.team_id, s.subject, s.template_id, s.start_at, s.vcpu, s.mem,
-           n.end_at IS NULL AS inferred,
-           n.end_at IS NULL AND x.last_event_at > CAST(:now AS timestamptz)
+), marked AS (
+    SELECT ev.*,
+           min(ev.time) FILTER (WHERE ev.rank = 0) OVER w AS start_at,
+           min(ev.time) FILTER (WHERE ev.rank = 2) OVER w AS end_at,
+           row_number() OVER (PARTITION BY ev.execution_id, ev.rank
+                              ORDER BY ev.time, ev.source, ev.id) AS nth
+    FROM ev WINDOW w AS (PARTITION BY ev.execution_id)
+), base AS (
+    -- The first start (its allocation, defaulted) and every update, of executions that
+    -- started before the end of what is read.
+    SELECT m.execution_id, m.team_id, m.subject, m.template_id, m.rank, m.time, m.source,
+           m.id, m.start_at, m.end_at,
+           CASE WHEN m.rank = 0 THEN coalesce(m.vcpu, 1) ELSE m.vcpu END AS vcpu,
+           CASE WHEN m.rank = 0 THEN coalesce(m.mem, 0) ELSE m.mem END AS mem
+    FROM marked m
+    WHERE m.start_at < CAST(:end AS timestamptz)
+      AND ((m.rank = 0 AND m.nth = 1) OR m.rank = 1)
+), timed AS (
+    SELECT b.*, greatest(b.time, b.start_at) AS t,
+           b.end_at IS NULL AS inferred,
+           b.end_at IS NULL AND x.last_event_at > CAST(:now AS timestamptz)
                                                   - CAST(:stale AS interval) AS running,
-           greatest(s.start_at, CASE
-               WHEN n.end_at IS NOT NULL THEN n.end_at
+           greatest(b.start_at, CASE
+               WHEN b.end_at IS NOT NULL THEN b.end_at
                WHEN x.last_event_at > CAST(:now AS timestamptz) - CAST(:stale AS interval)
                    THEN CAST(:now AS timestamptz)
-               ELSE coalesce(x.last_event_at, s.start_at) END) AS stop
-    FROM starts s LEFT JOIN ends n ON n.execution_id = s.execution_id
-    LEFT JOIN executions x ON x.execution_id = s.execution_id AND n.end_at IS NULL
-    WHERE s.start_at < CAST(:end AS timestamptz)
-), live AS (
-    SELECT * FROM life WHERE stop > CAST(:start AS timestamptz)
-), resized AS (
-    SELECT DISTINCT ev.execution_id FROM ev JOIN live USING (execution_id) WHERE ev.rank = 1
-), changes AS (
-    SELECT l.execution_id, l.start_at AS t, 0 AS rank, l.start_at AS at, '' AS source,
-           '' AS id, l.vcpu, l.mem
-    FROM live l JOIN resized USING (execution_id)
-    UNION ALL
-    SELECT e.execution_id, greatest(e.time, l.start_at), 1, e.time, e.source, e.id, e.vcpu,
-           e.mem
-    FROM ev e JOIN live l USING (execution_id)
-    WHERE e.rank = 1 AND greatest(e.time, l.start_at) < l.stop
+               ELSE coalesce(x.last_event_at, b.start_at) END) AS stop
+    FROM base b
+    LEFT JOIN executions x ON x.execution_id = b.execution_id AND b.end_at IS NULL
 ), ordered AS (
-    SELECT c.*,
-           count(c.vcpu) OVER w AS gv, count(c.mem) OVER w AS gm,
-           lead(c.t) OVER (PARTITION BY c.execution_id ORDER BY c.t, c.rank, c.at, c.source,
-                           c.id) AS next_t
-    FROM changes c
-    WINDOW w AS (PARTITION BY c.execution_id ORDER BY c.t, c.rank, c.at, c.source, c.id
-                 ROWS UNBOUNDED PRECEDING)
-), filled AS (
-    -- A field an update leaves out keeps the value it had: the first of its run of nulls.
-    SELECT o.execution_id, o.t, o.next_t,
-           first_value(o.vcpu) OVER (PARTITION BY o.execution_id, o.gv
-                                     ORDER BY o.t, o.rank, o.at, o.source, o.id) AS vcpu,
-           first_value(o.mem) OVER (PARTITION BY o.execution_id, o.gm
-                                    ORDER BY o.t, o.rank, o.at, o.source, o.id) AS mem
-    FROM ordered o
+    SELECT o.*,
+           lead(o.t) OVER w AS next_t,
+           count(o.vcpu) OVER w AS gv, count(o.mem) OVER w AS gm,
+           first_value(o.subject) OVER w AS sandbox_id,
+           first_value(o.template_id) OVER w AS template,
+           first_value(o.vcpu) OVER w AS vcpu0, first_value(o.mem) OVER w AS mem0
+    FROM timed o
+    WHERE o.stop > CAST(:start AS timestamptz)
+    WINDOW w AS (PARTITION BY o.execution_id ORDER BY o.t, o.rank, o.time, o.source, o.id)
 ), segs AS (
-    SELECT l.execution_id, l.team_id, l.vcpu, l.mem, l.start_at AS lo, l.stop AS hi
-    FROM live l WHERE NOT EXISTS (SELECT 1 FROM resized r WHERE r.execution_id = l.execution_id)
-    UNION ALL
-    SELECT f.execution_id, l.team_id, f.vcpu, f.mem, f.t,
-           least(coalesce(f.next_t, l.stop), l.stop)
-    FROM filled f JOIN live l USING (execution_id)
+    -- A field an update leaves out keeps the value it had: the first of its run of nulls.
+    SELECT o.execution_id, o.team_id, o.sandbox_id, o.template, o.start_at, o.stop,
+           o.inferred, o.running, o.vcpu0, o.mem0,
+           first_value(o.vcpu) OVER (PARTITION BY o.execution_id, o.gv
+                                     ORDER BY o.t, o.rank, o.time, o.source, o.id) AS vcpu,
+           first_value(o.mem) OVER (PARTITION BY o.execution_id, o.gm
+                                    ORDER BY o.t, o.rank, o.time, o.source, o.id) AS mem,
+           o.t AS lo, least(coalesce(o.next_t, o.stop), o.stop) AS hi
+    FROM ordered o
 ), windows AS (
     SELECT * FROM unnest(CAST(:w_team AS text[]), CAST(:w_lo AS timestamptz[]),
                          CAST(:w_hi AS timestamptz[]), CAST(:w_index AS int[]))
         AS w(team_id, lo, hi, idx)
 ), pieces AS (
-    SELECT s.execution_id, s.team_id, coalesce(w.idx, 0) AS idx, s.vcpu, s.mem, m.ms
+    SELECT s.*, coalesce(w.idx, 0) AS idx, m.ms
     FROM segs s
     LEFT JOIN windows w ON w.team_id = s.team_id AND w.lo < s.hi AND w.hi > s.lo
     CROSS JOIN LATERAL (
@@ -152,12 +150,12 @@ FROM pieces GROUP BY team_id, idx
 
 # Per execution, with what the drill-down shows of it.
 _PER_EXECUTION = """
-SELECT l.execution_id, l.team_id, l.subject, l.template_id, l.start_at, l.stop, l.inferred,
-       l.running, l.vcpu, l.mem, CAST(sum(p.ms) AS bigint), CAST(sum(p.vcpu * p.ms) AS bigint),
-       CAST(sum(p.mem * p.ms) AS bigint)
-FROM pieces p JOIN live l USING (execution_id)
-GROUP BY l.execution_id, l.team_id, l.subject, l.template_id, l.start_at, l.stop, l.inferred,
-         l.running, l.vcpu, l.mem
+SELECT execution_id, team_id, sandbox_id, template, start_at, stop, inferred, running, vcpu0,
+       mem0, CAST(sum(ms) AS bigint), CAST(sum(vcpu * ms) AS bigint),
+       CAST(sum(mem * ms) AS bigint)
+FROM pieces
+GROUP BY execution_id, team_id, sandbox_id, template, start_at, stop, inferred, running, vcpu0,
+         mem0
 """
 
 _ALL = "TRUE"
@@ -212,3 +210,39 @@ def execution_usage(
         stop_at=r[5], end_inferred=bool(r[6]), running=bool(r[7]), vcpu=int(r[8]),
         memory_mib=int(r[9]), ms=int(r[10] or 0), vcpu_ms=int(r[11] or 0),
         mib_ms=int(r[12] or 0)) for r in session.execute(text(sql), params)]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    execution_id: str
+    start_at: datetime
+
+
+_CANDIDATES = """
+SELECT execution_id, start_at FROM executions
+WHERE team_id = :team AND start_at IS NOT NULL AND start_at < :hi
+  AND coalesce(end_at, last_event_at) >= :lo {after}
+ORDER BY start_at DESC, execution_id DESC
+LIMIT :limit
+"""
+
+
+def candidates(session: Session, team_id: str, start: datetime, end: datetime, limit: int,
+               after: tuple[datetime, str] | None) -> list[Candidate]:
+    """A team's executions that may hold usage in [start, end), newest start first, by the
+    (team, start) index; only to find them: their usage comes from their events."""
+    params: dict[str, Any] = {"team": team_id, "lo": start, "hi": end, "limit": limit}
+    cursor = ""
+    if after is not None:
+        cursor = ("AND (start_at, execution_id) < "
+                  "(CAST(:after_start AS timestamptz), :after_id)")
+        params["after_start"], params["after_id"] = after
+    rows = session.execute(text(_CANDIDATES.format(after=cursor)), params)
+    return [Candidate(str(r[0]), r[1]) for r in rows]
+
+
+def execution_owner(session: Session, execution_id: str) -> tuple[str, str] | None:
+    """(team, sandbox) of an execution (it belongs to its team for ever), or None."""
+    row = session.execute(text("SELECT team_id, sandbox_id FROM executions "
+                               "WHERE execution_id = :e"), {"e": execution_id}).first()
+    return None if row is None else (str(row[0]), str(row[1]))
