@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
-from billing.dashboard import cookies, service
+from billing.dashboard import charges, cookies, service
 from billing.dashboard import formatting as fmt
 from billing.dashboard import repository as repo
 from billing.dashboard.config import get_dashboard_settings
@@ -37,7 +37,8 @@ router = APIRouter(include_in_schema=False)
 
 HERE = Path(__file__).resolve().parent
 STATIC_TYPES = {"dashboard.css": "text/css; charset=utf-8",
-                "dashboard.js": "text/javascript; charset=utf-8"}
+                "dashboard.js": "text/javascript; charset=utf-8",
+                "print.css": "text/css; charset=utf-8"}
 MAX_FORM_BYTES = 8192
 DASHBOARD_ROLES = ("team", "finance", "admin")
 
@@ -295,8 +296,31 @@ def invoices_page(request: Request, team_id: str, session: SessionDep,
 def invoice_page(request: Request, team_id: str, invoice_id: str,
                  session: SessionDep) -> Response:
     def build(principal: Principal) -> HTMLResponse:
-        view = service.invoice(session, principal, team_id, invoice_id)
+        view = charges.invoice(session, principal, team_id, invoice_id)
         return render(request, "invoice.html", principal=principal, page="invoice",
+                      team=view["team"], view=view)
+
+    return _page(request, session, build)
+
+
+@router.get("/dashboard/teams/{team_id}/invoices/{invoice_id}/lines/{position}")
+def invoice_line_page(request: Request, team_id: str, invoice_id: str, position: int,
+                      session: SessionDep, settings: SettingsDep,
+                      after: str | None = None) -> Response:
+    def build(principal: Principal) -> HTMLResponse:
+        view = charges.line(session, principal, settings, team_id, invoice_id, position, after)
+        return render(request, "invoice_line.html", principal=principal, page="invoice",
+                      team=view["team"], view=view)
+
+    return _page(request, session, build)
+
+
+@router.get("/dashboard/teams/{team_id}/runs/{execution_id}")
+def run_page(request: Request, team_id: str, execution_id: str, session: SessionDep
+             ) -> Response:
+    def build(principal: Principal) -> HTMLResponse:
+        view = charges.run(session, principal, team_id, execution_id)
+        return render(request, "execution.html", principal=principal, page="sandbox",
                       team=view["team"], view=view)
 
     return _page(request, session, build)
