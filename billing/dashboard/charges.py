@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from sqlalchemy.orm import Session
 
-from billing.accounts import endpoints as accounts_api
+from billing.accounts import service as accounts
 from billing.charges import service as charges
 from billing.core.wording import UNITS, money_text, month_text, span_text
 from billing.dashboard import formatting as fmt
@@ -49,7 +49,7 @@ def _line_view(line: Any, currency: str, href: str | None) -> dict[str, Any]:
 def invoice(session: Session, principal: Principal, team_id: str, invoice_id: str
             ) -> dict[str, Any]:
     """An invoice as the customer reads it (and prints it)."""
-    team = accounts_api.get_team(team_id, session, principal)
+    team = accounts.read_team(session, principal, team_id).model_dump()
     row = repo.invoice(session, invoice_id)
     if row is None or row.team_id != team_id or row.status == "draft":
         raise NotFound(f"no invoice {invoice_id}")
@@ -70,7 +70,7 @@ def _run_href(team_id: str, execution_id: str) -> str:
 def line(session: Session, principal: Principal, settings: Settings, team_id: str,
          invoice_id: str, position: int, after: str | None) -> dict[str, Any]:
     """A usage line and the sandbox runs it is made of, newest first, a page at a time."""
-    team = accounts_api.get_team(team_id, session, principal)
+    team = accounts.read_team(session, principal, team_id).model_dump()
     charge = charges.invoice_charge(session, principal, invoice_id, position)
     if charge.team_id != team_id:
         raise NotFound(f"no invoice {invoice_id}")
@@ -117,7 +117,7 @@ def _at(value: str) -> datetime:
 def run(session: Session, principal: Principal, team_id: str, execution_id: str
         ) -> dict[str, Any]:
     """One sandbox run: its lifecycle events and the allocation they make."""
-    team = accounts_api.get_team(team_id, session, principal)
+    team = accounts.read_team(session, principal, team_id).model_dump()
     found = charges.execution_events(session, principal, execution_id)
     if found["team_id"] != team_id:
         raise NotFound(f"no execution {execution_id}")
