@@ -201,3 +201,39 @@ def test_every_usage_line_is_the_exact_sum_of_its_executions(
                             f"/v1/invoices/{invoice_id}/lines/{line.position}/executions",
                             limit=3)
             assert_sums_to(line, rows)
+
+
+def test_the_upcoming_invoice_is_explained_as_of_the_read(
+    client: TestClient, api_keys: Keys, sessions: sessionmaker[Session],
+) -> None:
+    now = NOV + timedelta(days=19, hours=12)
+    pin(now)
+    put_team(client, api_keys, "t_up", "pro", SEP)
+    put_team(client, api_keys, "t_else", "pro", SEP)
+    common = {"team": "t_up", "sandbox": "sbx_up"}
+    post(client, api_keys, [
+        event("created", execution="u1", time=iso(NOV + timedelta(days=2)), vcpu=2,
+              memory_mib=1024, **common),
+        event("killed", execution="u1", time=iso(NOV + timedelta(days=2, hours=1)), **common),
+        # Running now: its usage grows up to the moment of the read.
+        event("created", execution="u2", time=iso(now - timedelta(minutes=30)), vcpu=4,
+              memory_mib=2048, **common),
+        event("updated", execution="u2", time=iso(now - timedelta(seconds=5)), vcpu=8, **common),
+    ])
+    key = api_keys.team(sessions, "t_up")
+    upcoming = client.get("/v1/teams/t_up/invoices/upcoming", headers=Keys.auth(key)).json()
+    [position] = [x["position"] for x in upcoming["lines"] if x["kind"] == "usage_vcpu"]
+    page = client.get(f"/v1/teams/t_up/invoices/upcoming/lines/{position}/executions",
+                      headers=Keys.auth(key))
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert [r["execution_id"] for r in body["data"]] == ["u2", "u1"]
+    assert body["data"][0]["running"] is True and body["data"][0]["ended_at"] is None
+    line = body["line"]  # rated at the same instant as its executions
+    assert sum((Decimal(r["quantity"]) for r in body["data"]), Decimal(0)) == Decimal(
+        line["quantity"])
+    assert round_minor(sum((Decimal(r["cost"]) for r in body["data"]), Decimal(0))) == Decimal(
+        line["amount"])
+    other = api_keys.team(sessions, "t_else")
+    assert client.get(f"/v1/teams/t_up/invoices/upcoming/lines/{position}/executions",
+                      headers=Keys.auth(other)).status_code == 404
