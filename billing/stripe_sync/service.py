@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing.accounts import repository as team_settings
 from billing.invoices import repository as invoices_repo
-from billing.invoices.models import Invoice
+from billing.invoices.models import Invoice, InvoiceLine
 from billing.stripe_sync import planning
 from billing.stripe_sync import repository as repo
 from billing.stripe_sync.gateway import (
@@ -283,7 +283,7 @@ class InvoiceSync:
                 LineToSend(line.position, line.kind, line.description,
                            planning.to_minor(line.amount, currency), line.service_start,
                            line.service_end,
-                           {k: str(v) for k, v in (line.details or {}).items() if v})
+                           _line_metadata(line))
                 for line in invoices_repo.lines_of(session, [invoice_id]).get(invoice_id, []))
             return _Snapshot(
                 id=invoice.id, number=invoice.number, team_id=invoice.team_id,
@@ -513,3 +513,11 @@ def _item_period(line: LineToSend) -> tuple[int, int] | None:
         return None
     start = int(line.service_start.timestamp())
     return start, max(start, int(line.service_end.timestamp()) - 1)
+
+
+def _line_metadata(line: InvoiceLine) -> dict[str, str]:
+    """The line's internal ids, which its description never names."""
+    found = {k: str(v) for k, v in (line.details or {}).items() if v}
+    if line.price_version_id:
+        found["price_version_id"] = line.price_version_id
+    return found

@@ -169,6 +169,35 @@ def test_one_customer_per_team_and_items_sum_to_the_cent(
         ("invoice.paid", f"invoice.paid:{november}")])
 
 
+def test_items_say_what_the_invoice_says_with_their_service_period_and_ids_as_metadata(
+        sync: InvoiceSync, sessions: sessionmaker[Session], double: StripeDouble) -> None:
+    make_team(sessions, "team_words")
+    invoice_id = "inv_" + secrets.token_hex(8)
+    start, end = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+    with transaction(sessions) as session:
+        session.add(Invoice(
+            id=invoice_id, team_id="team_words", period="2026-11", kind="period",
+            number="INV-2026-009999", status="finalized", currency="usd",
+            subtotal=Decimal("49.02"), credits_applied=Decimal(0), total=Decimal("49.02"),
+            finalized_at=NOW))
+        session.flush()
+        session.add(InvoiceLine(
+            invoice_id=invoice_id, position=1, kind="usage_vcpu",
+            description="vCPU time · 3,501,691.364 vCPU-s \u00d7 $0.000014",
+            quantity=Decimal("3501691.364"), unit_price=Decimal("0.000014"),
+            amount=Decimal("49.02"), price_version_id="pv_pro_1", plan_code="pro",
+            details={"plan_version_id": "pv_pro_1"}, service_start=start, service_end=end))
+
+    assert invoice_id in sync.sync_due(now=NOW).synced
+    [remote] = stripe_invoices_of(double, invoice_id)
+    [item] = double.invoice_items(invoice=remote["id"])
+    assert item["description"] == "vCPU time · 3,501,691.364 vCPU-s \u00d7 $0.000014"
+    assert item["period"] == {"start": int(start.timestamp()), "end": int(end.timestamp()) - 1}
+    assert (item["metadata"]["plan_version_id"], item["metadata"]["price_version_id"]) == (
+        "pv_pro_1", "pv_pro_1")
+    assert item["metadata"]["line_position"] == "1"
+
+
 def test_every_mutating_call_has_a_deterministic_key(
         sync: InvoiceSync, sessions: sessionmaker[Session], double: StripeDouble) -> None:
     make_team(sessions, "team_k")
