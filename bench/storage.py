@@ -69,7 +69,9 @@ def main() -> None:
         # Partitioned: the parent has no storage of its own; sum its monthly partitions.
         folded = conn.execute("SELECT sum(pg_total_relation_size(relid)) "
                               "FROM pg_partition_tree('sample_minutes')").fetchone()[0]
-        pending = conn.execute("SELECT pg_total_relation_size('host_stats_pending')").fetchone()[0]
+        pending = conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
+            "WHERE inhparent = to_regclass('host_stats_pending')").fetchone()[0]
         naive = conn.execute("SELECT pg_total_relation_size('naive_events')").fetchone()[0]
         rows = conn.execute("SELECT count(*), sum(samples) FROM sample_minutes").fetchone()
     sandbox_minutes = args.sandboxes * args.minutes

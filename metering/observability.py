@@ -242,8 +242,9 @@ DATABASE_GAUGES = (
     _Gauge("metering_pending_samples_estimate",
            "Samples waiting to be folded into minute rows (planner estimate; grows if the "
            "fold falls behind).",
-           "SELECT greatest(reltuples, 0)::bigint FROM pg_class "
-           "WHERE oid = to_regclass('host_stats_pending')"),
+           "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint "
+           "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+           "WHERE i.inhparent = to_regclass('host_stats_pending')"),
     _Gauge("metering_webhook_outbox_pending",
            "Signed orchestrator messages (kill orders, notifications) not yet delivered.",
            "SELECT count(*) FROM outbox_messages "

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from metering.config import Settings
 from metering.core.clock import utc_now
 from metering.db import transaction
-from metering.ingest import partitions
+from metering.ingest import partitions, slices
 from metering.ingest import repository as ingest_repo
-from metering.ingest.service import FOLD_AGE
+from metering.ingest.service import FOLD_AGE, FOLD_SAFE_AGE
 from metering.scheduling import VACUUM_EVERY, Every, JobEntry, vacuum
 
 log = logging.getLogger(__name__)
@@ -88,15 +88,34 @@ def refresh_liveness_paced(sessions: sessionmaker[Session], stale_after_s: int =
             vacuum(sessions, "liveness_log")
 
 
+# Minute slices of pending samples are made from the oldest minute ingest takes as fresh to
+# past the farthest future an event may carry (`METERING_FUTURE_TOLERANCE_S`, 5 minutes by
+# default); samples outside them go to the default partition, which is folded row by row.
+SLICES_BEHIND = FOLD_SAFE_AGE
+SLICES_AHEAD = timedelta(minutes=10)
+
+
 def fold_samples(sessions: sessionmaker[Session]) -> int:
-    """Fold pending samples older than three minutes into minute rows. Never folds fresher
-    samples: ingest relies on it. (Liveness does not read the pending table: the fold
-    loses no newest-event time, see `ingest_repo.log_liveness`.)
+    """Fold pending samples older than three minutes into minute rows: each minute slice past
+    the watermark whole (then dropped), then the default partition's samples past it. Never
+    folds fresher samples: ingest relies on it. Makes the slices ahead first. (Liveness does
+    not read the pending table: the fold loses no newest-event time, see
+    `ingest_repo.log_liveness`.)
 
     Samples of months before the retention horizon are discarded (counted and logged): their
     partition was dropped on purpose. They still served liveness before the fold."""
-    watermark = utc_now().replace(second=0, microsecond=0) - FOLD_AGE
+    now = utc_now()
+    watermark = now.replace(second=0, microsecond=0) - FOLD_AGE
+    with transaction(sessions) as session:
+        slices.ensure_ahead(session, now, SLICES_BEHIND, SLICES_AHEAD)
+        due = slices.due(session, watermark)
     moved_total = discarded_total = 0
+    for start in due:
+        with transaction(sessions) as session:
+            batch = _fold_batch(session, watermark, start)
+            slices.drop_or_empty(session, start)
+        moved_total += batch.moved
+        discarded_total += batch.discarded
     while True:
         with transaction(sessions) as session:
             batch = _fold_batch(session, watermark)
@@ -112,16 +131,23 @@ def fold_samples(sessions: sessionmaker[Session]) -> int:
     return moved_total
 
 
-def _fold_batch(session: Session, watermark: datetime) -> ingest_repo.FoldBatch:
-    """One batch under the fold lock, making the partitions it needs first. The hot path is
-    one statement: the months known to have a partition are a process-wide memory, and the
-    statement answers the months it lacks instead of failing on them."""
+def _fold_batch(
+    session: Session, watermark: datetime, slice_start: datetime | None = None,
+) -> ingest_repo.FoldBatch:
+    """One batch under the fold lock (a whole slice, or from the default partition), making
+    the partitions it needs first. The hot path is one statement: the months known to have a
+    partition are a process-wide memory, and the statement answers the months it lacks
+    instead of failing on them."""
     ingest_repo.lock_fold(session)
+    name = None
+    if slice_start is not None:
+        slices.lock_for_fold(session, slice_start)
+        name = slices.slice_name(slice_start)
     kept_from = partitions.kept_from(session)
     months = set(partitions.known_partitions.months(session))
     for _ in range(4):  # at worst: stale memory, then missing months, then the batch
         batch = ingest_repo.fold(session, watermark, FOLD_BATCH, kept_from=kept_from,
-                                 partitions=partitions.as_multirange(months))
+                                 partitions=partitions.as_multirange(months), slice_name=name)
         if batch.partitions_stale:  # dropped by someone else: ask the catalog again
             partitions.known_partitions.forget()
             months = set(partitions.attached_months(session))

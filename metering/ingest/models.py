@@ -2,8 +2,9 @@
 
 - `lifecycle_events`: every lifecycle event, keyed by (source, id), with a content digest so
   that a replay is a duplicate and a changed replay a conflict.
-- `host_stats_pending`: per-second samples as they arrive, keyed by (source, id); a fold job
-  moves them into `sample_minutes` once their minute is well past.
+- `host_stats_pending`: per-second samples as they arrive, keyed by (source, id, time), in
+  minute slices (`metering.ingest.slices`); a fold job moves a slice into `sample_minutes`
+  once its minute is well past, and drops it.
 - `liveness_log`: per batch, the newest sample time of each of its executions, drained by the
   liveness pass into `executions.last_event_at`.
 - `sample_minutes`: one row per execution-minute with avg/max figures and, for exact
@@ -62,9 +63,12 @@ class LifecycleEventRow(Base):
 
 class PendingSample(Base):
     __tablename__ = "host_stats_pending"
-    __table_args__ = (PrimaryKeyConstraint("source", "id"),
+    # Partitioned by minute (`metering.ingest.slices`): a folded minute leaves whole. The key
+    # holds the time, as a partition key must; a retry carries the same time.
+    __table_args__ = (PrimaryKeyConstraint("source", "id", "time"),
                       # A sandbox's metrics read its own pending samples, not all of them.
-                      Index("ix_host_stats_pending_execution_id", "execution_id", "time"))
+                      Index("ix_host_stats_pending_execution_id", "execution_id", "time"),
+                      {"postgresql_partition_by": "RANGE (time)"})
 
     source: Mapped[str] = mapped_column(String(1024))
     id: Mapped[str] = mapped_column(String(256))

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from metering.core.clock import month_start, next_month_start
 from metering.db import transaction
+from metering.ingest import slices
 from metering.ingest.repository import lock_fold
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def is_sample_partition(name: str) -> bool:
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
     """Alembic's `include_name` hook: partitions belong to the service, not to the models,
     so schema comparisons (autogenerate, the migration test) leave them out."""
-    return not (type_ == "table" and name is not None and is_sample_partition(name))
+    return not (type_ == "table" and name is not None
+                and (is_sample_partition(name) or slices.is_pending_partition(name)))
 
 
 def add_months(month: datetime, count: int) -> datetime:

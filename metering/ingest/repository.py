@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from sqlalchemy import text
@@ -34,15 +35,17 @@ FROM json_to_recordset(CAST(:rows AS json))
 # and the batch goes through the exact path instead.
 _INSERT_PENDING_FAST = text(_INSERT_PENDING_SQL)
 _INSERT_PENDING = text(_INSERT_PENDING_SQL + """
-ON CONFLICT (source, id) DO NOTHING
+ON CONFLICT (source, id, time) DO NOTHING
 RETURNING source, id
 """)
 
+# With the time, each key is looked up in its own minute slice only.
 _PENDING_TAGS = text("""
 SELECT p.source, p.id, p.tag
 FROM host_stats_pending p
-JOIN unnest(CAST(:source AS text[]), CAST(:id AS text[])) AS k(source, id)
-  ON p.source = k.source AND p.id = k.id
+JOIN unnest(CAST(:source AS text[]), CAST(:id AS text[]), CAST(:time AS timestamptz[]))
+     AS k(source, id, time)
+  ON p.source = k.source AND p.id = k.id AND p.time = k.time
 """)
 
 _FOLDED_TAGS = text("""
@@ -79,13 +82,8 @@ JOIN unnest(CAST(:source AS text[]), CAST(:id AS text[])) AS k(source, id)
 # fail the whole statement, so it is answered instead, with its month: the caller rolls the
 # batch back, makes the partitions and folds again. The checks cost two comparisons per
 # sample on the pass the count already makes; the month is computed only for rows outside.
-_FOLD = text("""
-WITH moved AS (
-    DELETE FROM host_stats_pending
-    WHERE (source, id) IN (
-        SELECT source, id FROM host_stats_pending WHERE time < :watermark LIMIT :limit)
-    RETURNING *
-), agg AS (
+_FOLD_SQL = """
+WITH moved AS ({moved}), agg AS (
     SELECT execution_id, date_trunc('minute', time) AS minute,
            count(*) AS samples,
            count(cpu_centipct) AS cpu_samples, coalesce(sum(cpu_centipct), 0) AS cpu_sum,
@@ -119,7 +117,26 @@ SELECT count(*), count(*) FILTER (WHERE time < :kept_from),
        array_agg(DISTINCT date_trunc('month', time, 'UTC')) FILTER (
            WHERE time >= :kept_from AND NOT time <@ CAST(:partitions AS tstzmultirange))
 FROM moved
-""")
+"""
+# The default partition (samples outside every minute slice: late ones, or any before the
+# slices were made) is emptied row by row, oldest-first batches under the watermark.
+_FOLD_DEFAULT = text(_FOLD_SQL.format(moved="""
+    DELETE FROM host_stats_pending_default
+    WHERE (source, id, time) IN (
+        SELECT source, id, time FROM host_stats_pending_default
+        WHERE time < :watermark LIMIT :limit)
+    RETURNING *"""))
+_fold_slice: dict[str, Any] = {}
+
+
+def _fold_slice_sql(name: str) -> Any:
+    """A whole minute slice read as it is: the caller holds it SHARE locked (no writer) and
+    empties it after, in the same transaction."""
+    statement = _fold_slice.get(name)
+    if statement is None:
+        statement = text(_FOLD_SQL.format(moved=f'SELECT * FROM "{name}"'))
+        _fold_slice[name] = statement
+    return statement
 
 # One JSON parameter (see `insert_pending`), one row per batch.
 _LOG_LIVENESS = text("""
@@ -204,11 +221,15 @@ def insert_pending(
     return {(r[0], r[1]) for r in session.execute(_INSERT_PENDING, {"rows": rows})}
 
 
-def pending_tags(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+def pending_tags(
+    session: Session, keys: Sequence[tuple[str, str, datetime]],
+) -> dict[tuple[str, str], int]:
+    """Stored tags of pending samples by (source, id, time)."""
     if not keys:
         return {}
     rows = session.execute(_PENDING_TAGS, {
-        "source": [k[0] for k in keys], "id": [k[1] for k in keys]})
+        "source": [k[0] for k in keys], "id": [k[1] for k in keys],
+        "time": [k[2] for k in keys]})
     return {(r[0], r[1]): int(r[2]) for r in rows}
 
 
@@ -276,16 +297,19 @@ def lock_fold(session: Session) -> None:
 
 def fold(
     session: Session, watermark: datetime, limit: int, *, kept_from: datetime | None,
-    partitions: str,
+    partitions: str, slice_name: str | None = None,
 ) -> FoldBatch:
-    """Move up to `limit` pending samples older than the watermark into minute rows of the
-    months in `partitions` (a `tstzmultirange`), discarding those before `kept_from`. The
-    caller holds the fold lock (`lock_fold`)."""
+    """Move pending samples into minute rows of the months in `partitions` (a
+    `tstzmultirange`), discarding those before `kept_from`: with `slice_name`, every sample
+    of that minute slice (the caller then empties it); else up to `limit` samples older than
+    the watermark from the default partition (deleted). The caller holds the fold lock
+    (`lock_fold`)."""
     params = {"watermark": watermark, "limit": limit, "partitions": partitions,
               "kept_from": kept_from or EARLIEST}
+    statement = _FOLD_DEFAULT if slice_name is None else _fold_slice_sql(slice_name)
     savepoint = session.begin_nested()
     try:
-        row = session.execute(_FOLD, params).one()
+        row = session.execute(statement, params).one()
     except IntegrityError as exc:
         savepoint.rollback()
         if getattr(exc.orig, "sqlstate", None) == NO_PARTITION:

@@ -122,7 +122,7 @@ def _ingest_samples(
     result.accepted += len(inserted)
     missing = [e for e in to_insert if e.key not in inserted]
     if missing:
-        stored_tags = repo.pending_tags(session, [e.key for e in missing])
+        stored_tags = repo.pending_tags(session, [(*e.key, e.time) for e in missing])
         for event in missing:
             stored_tag = stored_tags.get(event.key)
             if stored_tag is not None and stored_tag == event.tag:
