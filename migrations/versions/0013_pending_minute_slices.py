@@ -6,15 +6,15 @@ each one after moving it. The key becomes (source, id, time), as a partition key
 retry carries the same time, so it is still a duplicate. The rows move once, into the
 default partition, and are folded from there.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 """
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
