@@ -136,6 +136,14 @@ def test_every_page_holds_at_the_width(
 ) -> None:
     data: Fixture = seed(client, api_keys, sessions)
     acme = enterprise_team(client, api_keys, sessions)
+    # A few more minutes of samples for the running sandbox: lines, not dots.
+    now = datetime.now(UTC)
+    samples = [event("host_stats", sandbox=data.running_sandbox, execution="exe_r1",
+                     team=data.team, time=iso(now - timedelta(seconds=30 + 20 * i)),
+                     cpu_pct=35 + (i * 7) % 40, memory_used_mib=900 + 25 * i)
+               for i in range(14)]
+    r = client.post("/v1/events", json=samples, headers=Keys.auth(api_keys.ingest))
+    assert r.status_code == 200 and r.json()["rejected"] == 0, r.text
     w, h = WIDTHS[width]
     context = browser.new_context(viewport={"width": w, "height": h}, device_scale_factor=1,
                                   is_mobile=width == "phone", has_touch=width == "phone")
