@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.invoices import jobs as invoice_jobs
@@ -38,11 +39,25 @@ SCHEDULES: tuple[Schedule, ...] = (
 
 
 def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
+    unreachable = False  # this job's last run found the database down
+
     def run() -> None:
+        nonlocal unreachable
         started = time.perf_counter()
         failed = False
         try:
             job()
+            if unreachable:
+                log.info("job running again: the database answers", extra={"job": name})
+            unreachable = False
+        except OperationalError as exc:
+            # The database is down or restarting: one line per job when it happens (not a
+            # traceback every second); the job retries on its schedule.
+            failed = True
+            if not unreachable:
+                log.warning("job cannot reach the database; retrying", extra={
+                    "job": name, "error": str(exc.orig or exc).splitlines()[0]})
+            unreachable = True
         except Exception:
             failed = True
             log.exception("job failed", extra={"job": name})

@@ -138,3 +138,29 @@ def test_sigterm_stops_the_service_and_its_database_and_db_commands_say_so(
     assert "admin" in listed.stdout
     assert not embedded.status(data_dir).running
     assert metering(data_dir, "db", "stop").stdout == "not running\n"
+
+
+def test_a_job_without_its_database_says_so_once_not_a_traceback_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from billing.worker import _guarded
+
+    down = True
+
+    def job() -> None:
+        if down:
+            raise OperationalError("SELECT 1", {}, Exception("connection refused\nmore"))
+
+    run = _guarded("enforce_limits", job)
+    with caplog.at_level("INFO", logger="billing.worker"):
+        for _ in range(5):
+            run()
+        down = False
+        run()
+        run()
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages == [("WARNING", "job cannot reach the database; retrying"),
+                        ("INFO", "job running again: the database answers")]
+    assert not any(r.exc_info for r in caplog.records)

@@ -80,7 +80,9 @@ def cmd_close(args: argparse.Namespace) -> int:
     sessions = _sessions(pool_size=2)
     summary = month_close.close_period(
         sessions, args.period, settings, dry_run=args.dry_run, force=args.force,
-        chunk_size=args.chunk_size, progress=_printer(sys.stderr))
+        chunk_size=args.chunk_size,
+        # Progress is for a person watching; piped or scripted, the summary is the result.
+        progress=_printer(sys.stderr) if sys.stderr.isatty() or args.verbose else None)
     if args.dry_run:
         for p in summary.previews:
             print(f"{p.team_id}\t{p.total} {p.currency.upper()}\t{p.lines} lines")
