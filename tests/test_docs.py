@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,17 @@ def test_the_readme_stands_alone() -> None:
         assert (ROOT / target).exists(), f"README links to a missing file: {target}"
 
 
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A directory the embedded PostgreSQL's own system user can reach when the tests run as
+    root: not under pytest's base directory, which every pytest start resets to 0700."""
+    path = Path(tempfile.mkdtemp(prefix="metering-test-"))
+    path.chmod(0o755)
+    yield path
+    embedded.stop(path / "clone" / ".metering-data")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _namespace_ok() -> bool:
     """A private network namespace (own loopback): the README's port 8000 is then ours even
     when another service on this machine holds it."""
@@ -81,8 +94,10 @@ def _answers(stdout: str) -> list[Any]:
 
 @pytest.mark.skipif(not _namespace_ok(), reason="needs `unshare -n` (a private loopback for "
                     "port 8000); run as root or with user namespaces")
-def test_the_readme_first_steps_run_verbatim_from_a_clean_data_directory(tmp_path: Path) -> None:
-    work = tmp_path / "clone"
+def test_the_readme_first_steps_run_verbatim_from_a_clean_data_directory(
+    outside_tmp: Path,
+) -> None:
+    work = outside_tmp / "clone"
     work.mkdir()
     # A fresh clone's directory: the repository's files (linked, so `make` sees the same
     # times and finds the environment `make install` made up to date) and no data yet.

@@ -8,9 +8,11 @@ with the service on Ctrl-C (SIGINT to the terminal's process group) and on SIGTE
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,11 +68,16 @@ def metering(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One embedded server's data for the module (initdb is the slow part)."""
-    path = tmp_path_factory.mktemp("terminal") / "data"
+def data_dir() -> Iterator[Path]:
+    """One embedded server's data for the module (initdb is the slow part). Outside pytest's
+    base directory: every pytest start resets that to 0700, which the server's own system
+    user (when the tests run as root) could then no longer enter."""
+    base = Path(tempfile.mkdtemp(prefix="metering-test-"))
+    base.chmod(0o755)
+    path = base / "data"
     yield path
     embedded.stop(path)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_make_run_prints_a_short_banner_then_stays_quiet_and_ctrl_c_stops_the_database(
