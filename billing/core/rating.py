@@ -79,7 +79,7 @@ milliseconds, prices them exactly, and rounds the total once; it has no plan fee
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal, localcontext
@@ -486,17 +486,9 @@ def _floor_minor(amount: Decimal, currency: str) -> Decimal:
         return amount.quantize(minor_unit(currency), rounding=ROUND_DOWN)
 
 
-def rate(inp: RatingInput) -> RatedInvoice:
-    """Rate one team's month into invoice lines; see the module docstring for the rules."""
-    currency = inp.currency
-    this_period = inp.period
-    month_lo = _floor_second(inp.period_start)
-    month_hi = _floor_second(inp.period_end)
-    month_seconds = month_hi - month_lo
-    groups = _plan_groups(inp.plan_periods, (month_lo, month_hi))
-    book = _PriceBook()
-
-    # Merge usage per (plan group, price version) before any rounding.
+def _usage_by_group(inp: RatingInput, groups: Sequence[_PlanGroup], book: _PriceBook
+                    ) -> dict[PlanKey, dict[str, list[int]]]:
+    """Usage merged per (plan group, price version) before any rounding."""
     usage: dict[PlanKey, dict[str, list[int]]] = {g.key: {} for g in groups}
     for piece in inp.usage:
         key = (piece.plan_code, piece.plan_version_id)
@@ -506,61 +498,70 @@ def rate(inp: RatingInput) -> RatedInvoice:
         acc = usage[key].setdefault(piece.price_version_id, [0, 0])
         acc[0] += piece.vcpu_ms
         acc[1] += piece.mib_ms
+    return usage
 
-    month_service = _Service(inp.period_start, inp.period_end)
+
+def _group_lines(inp: RatingInput, group: _PlanGroup, usage: dict[str, list[int]],
+                 book: _PriceBook, month: tuple[int, int]) -> list[InvoiceLine]:
+    """One plan group's lines: its (prorated) fee, its usage per price version, and the
+    true-up to its (prorated) minimum commitment."""
+    currency = inp.currency
+    month_seconds = month[1] - month[0]
+    code, version = group.key
+    plan_refs = _Refs(plan_code=code, plan_version_id=version)
+    seconds = group.seconds
+    service = _group_service(group, month)
+    span = service.text or span_text(inp.period_start, inp.period_end)
     lines: list[InvoiceLine] = []
-    for group in groups:
-        code, version = group.key
-        plan_refs = _Refs(plan_code=code, plan_version_id=version)
-        seconds = group.seconds
-        service = _group_service(group, (month_lo, month_hi))
-        span = service.text or span_text(inp.period_start, inp.period_end)
-        group_lines: list[InvoiceLine] = []
 
-        fee = _prorate(group.monthly_fee, seconds, month_seconds, currency)
-        if fee != 0:
-            description = f"{plan_name(code)} plan · {span}"
-            if seconds != month_seconds:
-                share = div(seconds * 100, month_seconds).quantize(Decimal("0.1"))
-                description += (f" (prorated: {fmt(share)} % of "
-                                f"{money_text(group.monthly_fee, currency)} a month)")
-            group_lines.append(_flat_line("plan_fee", description, fee, plan_refs, service))
+    fee = _prorate(group.monthly_fee, seconds, month_seconds, currency)
+    if fee != 0:
+        description = f"{plan_name(code)} plan · {span}"
+        if seconds != month_seconds:
+            share = div(seconds * 100, month_seconds).quantize(Decimal("0.1"))
+            description += (f" (prorated: {fmt(share)} % of "
+                            f"{money_text(group.monthly_fee, currency)} a month)")
+        lines.append(_flat_line("plan_fee", description, fee, plan_refs, service))
 
-        for price_version_id, (vcpu_ms, mib_ms) in sorted(usage[group.key].items()):
-            group_lines.extend(
-                _resource_lines(
-                    "",
-                    book.prices(price_version_id),
-                    (vcpu_ms, mib_ms),
-                    kinds=("usage_vcpu", "usage_memory"),
-                    currency=currency,
-                    refs=plan_refs._replace(price_version_id=price_version_id),
-                    service=service,
-                )
+    for price_version_id, (vcpu_ms, mib_ms) in sorted(usage.items()):
+        lines.extend(
+            _resource_lines(
+                "",
+                book.prices(price_version_id),
+                (vcpu_ms, mib_ms),
+                kinds=("usage_vcpu", "usage_memory"),
+                currency=currency,
+                refs=plan_refs._replace(price_version_id=price_version_id),
+                service=service,
             )
+        )
 
-        commitment = _prorate(group.minimum_commitment, seconds, month_seconds, currency)
-        charged = add(*(line.amount for line in group_lines))
-        shortfall = add(commitment, -charged)
-        if shortfall > 0:
-            description = (
-                f"Minimum commitment · {plan_name(code)} plan · {span} · "
-                f"{money_text(commitment, currency)} committed, "
-                f"{money_text(charged, currency)} charged"
-            )
-            group_lines.append(_flat_line("commitment_true_up", description, shortfall,
-                                          plan_refs, service))
-        lines.extend(group_lines)
+    commitment = _prorate(group.minimum_commitment, seconds, month_seconds, currency)
+    charged = add(*(line.amount for line in lines))
+    shortfall = add(commitment, -charged)
+    if shortfall > 0:
+        description = (
+            f"Minimum commitment · {plan_name(code)} plan · {span} · "
+            f"{money_text(commitment, currency)} committed, "
+            f"{money_text(charged, currency)} charged"
+        )
+        lines.append(_flat_line("commitment_true_up", description, shortfall,
+                                plan_refs, service))
+    return lines
 
-    # Adjustments: merged per (corrected period, price version) before rounding.
+
+def _adjustment_lines(inp: RatingInput, book: _PriceBook) -> list[InvoiceLine]:
+    """Late usage of earlier months, merged per (corrected period, price version) before
+    rounding."""
     late: dict[tuple[str, str], list[int]] = {}
     for adj in inp.adjustments:
-        if adj.period >= this_period:
-            raise ValueError(f"adjustment for {adj.period} is not for a month before {this_period}")
+        if adj.period >= inp.period:
+            raise ValueError(f"adjustment for {adj.period} is not for a month before {inp.period}")
         book.check(adj.price_version_id, adj.vcpu_second_price, adj.gib_second_price)
         acc = late.setdefault((adj.period, adj.price_version_id), [0, 0])
         acc[0] += adj.vcpu_ms_delta
         acc[1] += adj.mib_ms_delta
+    lines: list[InvoiceLine] = []
     for (period, price_version_id), (vcpu_ms, mib_ms) in sorted(late.items()):
         lo, hi = parse_period(period)
         lines.extend(
@@ -569,16 +570,17 @@ def rate(inp: RatingInput) -> RatedInvoice:
                 book.prices(price_version_id),
                 (vcpu_ms, mib_ms),
                 kinds=("adjustment_vcpu", "adjustment_memory"),
-                currency=currency,
+                currency=inp.currency,
                 refs=_Refs(price_version_id=price_version_id, period=period),
                 service=_Service(lo, hi),
             )
         )
+    return lines
 
-    # Sums of rounded lines are exact; round_minor only gives them the minor-unit exponent.
-    subtotal = round_minor(add(*(line.amount for line in lines)), currency)
 
-    # Credits: burn down in order, only against a positive subtotal.
+def _credit_lines(inp: RatingInput, subtotal: Decimal, service: _Service
+                  ) -> tuple[list[InvoiceLine], list[CreditUse]]:
+    """Grants burnt down in order, only against a positive subtotal."""
     ids = [grant.grant_id for grant in inp.credits]
     if len(set(ids)) != len(ids):
         raise ValueError("credit grant ids must be unique")
@@ -587,16 +589,37 @@ def rate(inp: RatingInput) -> RatedInvoice:
         for grant in inp.credits
         if grant.remaining > 0 and (grant.expires_at is None or grant.expires_at > inp.period_start)
     ]
+    lines: list[InvoiceLine] = []
     credit_usage: list[CreditUse] = []
     owed = subtotal
     for grant in sorted(eligible, key=_burn_order):
-        use = min(_floor_minor(grant.remaining, currency), owed)
+        use = min(_floor_minor(grant.remaining, inp.currency), owed)
         if use <= 0:
             continue  # nothing owed any more, or less than one minor unit left in the grant
         owed = add(owed, -use)
         credit_usage.append(CreditUse(grant.grant_id, use))
         lines.append(_flat_line("credit", f"Credit applied · {grant.label}", -use, _Refs(),
-                                month_service, grant_id=grant.grant_id))
+                                service, grant_id=grant.grant_id))
+    return lines, credit_usage
+
+
+def rate(inp: RatingInput) -> RatedInvoice:
+    """Rate one team's month into invoice lines; see the module docstring for the rules."""
+    currency = inp.currency
+    month = (_floor_second(inp.period_start), _floor_second(inp.period_end))
+    groups = _plan_groups(inp.plan_periods, month)
+    book = _PriceBook()
+    usage = _usage_by_group(inp, groups, book)
+    lines: list[InvoiceLine] = []
+    for group in groups:
+        lines.extend(_group_lines(inp, group, usage[group.key], book, month))
+    lines.extend(_adjustment_lines(inp, book))
+
+    # Sums of rounded lines are exact; round_minor only gives them the minor-unit exponent.
+    subtotal = round_minor(add(*(line.amount for line in lines)), currency)
+    month_service = _Service(inp.period_start, inp.period_end)
+    credit_lines, credit_usage = _credit_lines(inp, subtotal, month_service)
+    lines.extend(credit_lines)
     credits_applied = round_minor(add(*(use.amount for use in credit_usage)), currency)
 
     carry_forward = -subtotal if subtotal < 0 else round_minor(ZERO, currency)
@@ -611,7 +634,7 @@ def rate(inp: RatingInput) -> RatedInvoice:
     assert total >= 0
     assert total == add(subtotal, -credits_applied, carry_forward)
     return RatedInvoice(
-        period=this_period,
+        period=inp.period,
         currency=currency,
         lines=tuple(lines),
         subtotal=subtotal,
