@@ -225,6 +225,75 @@ def _judge_team(
 WATCH = Watchlist(credit_thresholds=CREDIT_THRESHOLDS, spend_thresholds=SPEND_LIMIT_THRESHOLDS)
 
 
+_TeamToJudge = tuple[str, list[RunningExecution], Allocation, tuple[int, datetime] | None]
+
+
+def _blocked_or_to_judge(
+    running: list[RunningExecution], now: datetime, watch: Watchlist, result: SweepResult,
+    decisions: list[KillDecision],
+) -> list[_TeamToJudge]:
+    """Blocked teams' executions straight to kill decisions; the other teams with their
+    allocation now and how urgently their money needs a look, most urgent first."""
+    teams: list[_TeamToJudge] = []
+    for team_id, group in groupby(running, key=lambda e: e.team_id):
+        executions = list(group)
+        result.teams += 1
+        if executions[0].team_blocked:
+            # Blocked kills everything whatever the money says: no need to ask billing.
+            decisions.extend(KillDecision(team_id, e.sandbox_id, e.execution_id, "team_blocked")
+                             for e in executions)
+            continue
+        current = allocation((e.execution_id, e.vcpu, e.memory_mib) for e in executions)
+        oldest = executions[0].start_at  # the query orders each team's oldest first
+        teams.append((team_id, executions, current,
+                      watch.look_priority(team_id, now, current, oldest)))
+    # The most urgent looks first, while the budget lasts; the rest wait for the next sweep
+    # (teams looked at before still have their durations judged now, on their last limits).
+    teams.sort(key=lambda t: (t[3] is None, t[3] or (0, now), t[0]))
+    return teams
+
+
+def _judge_teams(
+    session: Session, teams: list[_TeamToJudge], now: datetime, watch: Watchlist,
+    on_look: Callable[[str], None] | None, decisions: list[KillDecision],
+    messages: list[outbox.NewMessage], started: float,  # float-ok: monotonic seconds
+) -> int:
+    """Judge each team within the sweep's time budgets (counted from `started`); answers how
+    many were looked at."""
+    looks_end = started + watch.look_budget_s
+    limits_end = looks_end + watch.limits_budget_s
+    looked = 0
+    for team_id, executions, current, priority in teams:
+        look = priority is not None and (looked == 0 or time.monotonic() < looks_end)
+        if look:
+            looked += 1
+            if on_look is not None:
+                on_look(team_id)
+        try:
+            decisions.extend(_judge_team(session, team_id, executions, current, now, watch,
+                                         look, time.monotonic() < limits_end, messages))
+        except SQLAlchemyError:
+            raise  # the transaction is lost; the next sweep starts over
+        except Exception:
+            # One team's broken data must not keep every other team's sandboxes running.
+            log.exception("enforcement: judging a team failed", extra={"team_id": team_id})
+    return looked
+
+
+def _issue(session: Session, decisions: list[KillDecision], messages: list[outbox.NewMessage],
+           now: datetime, result: SweepResult) -> None:
+    """The kill orders decided and the notifications not already queued."""
+    result.kill_orders = issue_kill_orders(session, decisions, now)
+    if messages:
+        known = outbox.existing_keys(session, [m.key for m in messages])
+        fresh = [m for m in messages if m.key not in known]
+        result.notifications = len(outbox.enqueue_messages(session, fresh, now))
+    if result.kill_orders:
+        reasons = Counter(order.reason for order in result.kill_orders)
+        log.info("kill orders issued", extra={"kill_orders": len(result.kill_orders),
+                                              "reasons": dict(reasons)})
+
+
 def sweep(
     session: Session, now: datetime, stale_after: timedelta, watch: Watchlist | None = None,
     on_look: Callable[[str], None] | None = None,
@@ -247,50 +316,11 @@ def sweep(
     result = SweepResult(swept=True, executions=len(running))
     decisions: list[KillDecision] = []
     messages: list[outbox.NewMessage] = []
-    teams: list[tuple[str, list[RunningExecution], Allocation, tuple[int, datetime] | None]] = []
-    for team_id, group in groupby(running, key=lambda e: e.team_id):
-        executions = list(group)
-        result.teams += 1
-        if executions[0].team_blocked:
-            # Blocked kills everything whatever the money says: no need to ask billing.
-            decisions.extend(KillDecision(team_id, e.sandbox_id, e.execution_id, "team_blocked")
-                             for e in executions)
-            continue
-        current = allocation((e.execution_id, e.vcpu, e.memory_mib) for e in executions)
-        oldest = executions[0].start_at  # the query orders each team's oldest first
-        teams.append((team_id, executions, current,
-                      watch.look_priority(team_id, now, current, oldest)))
-    # The most urgent looks first, while the budget lasts; the rest wait for the next sweep
-    # (teams looked at before still have their durations judged now, on their last limits).
-    teams.sort(key=lambda t: (t[3] is None, t[3] or (0, now), t[0]))
-    looks_end = started + watch.look_budget_s
-    limits_end = looks_end + watch.limits_budget_s
-    looked = 0
-    for team_id, executions, current, priority in teams:
-        look = priority is not None and (looked == 0 or time.monotonic() < looks_end)
-        if look:
-            looked += 1
-            if on_look is not None:
-                on_look(team_id)
-        try:
-            decisions.extend(_judge_team(session, team_id, executions, current, now, watch,
-                                         look, time.monotonic() < limits_end, messages))
-        except SQLAlchemyError:
-            raise  # the transaction is lost; the next sweep starts over
-        except Exception:
-            # One team's broken data must not keep every other team's sandboxes running.
-            log.exception("enforcement: judging a team failed", extra={"team_id": team_id})
-    result.looks = looked
+    teams = _blocked_or_to_judge(running, now, watch, result, decisions)
+    result.looks = _judge_teams(session, teams, now, watch, on_look, decisions, messages,
+                                started)
     watch.forget_except(t[0] for t in teams)
-    result.kill_orders = issue_kill_orders(session, decisions, now)
-    if messages:
-        known = outbox.existing_keys(session, [m.key for m in messages])
-        fresh = [m for m in messages if m.key not in known]
-        result.notifications = len(outbox.enqueue_messages(session, fresh, now))
-    if result.kill_orders:
-        reasons = Counter(order.reason for order in result.kill_orders)
-        log.info("kill orders issued", extra={"kill_orders": len(result.kill_orders),
-                                              "reasons": dict(reasons)})
+    _issue(session, decisions, messages, now, result)
     return result
 
 
