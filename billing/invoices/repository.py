@@ -366,6 +366,20 @@ def store_and_finalize(
     given, is filled with team -> id of every invoice inserted (drafts included)."""
     if not items:
         return []
+    inserted = _insert_drafts(session, items, kind=kind, corrects=corrects,
+                              usage_read_at=usage_read_at)
+    if made is not None:
+        made.update({item.team_id: invoice_id for invoice_id, item in inserted})
+    _insert_lines_and_usage(session, inserted)
+    made_final = [(i, item) for i, item in inserted if item.team_id not in hold]
+    return _finalize(session, made_final, now, kind)
+
+
+def _insert_drafts(session: Session, items: Sequence[RatedTeam], *, kind: str,
+                   corrects: str | None, usage_read_at: datetime
+                   ) -> list[tuple[str, RatedTeam]]:
+    """Insert the invoices as drafts; answers those inserted (a period invoice that already
+    exists is left alone)."""
     ordered = sorted(items, key=lambda item: item.team_id)
     ids = [new_id("inv") for _ in ordered]
     created = {r[0] for r in session.execute(_INSERT_INVOICES, {
@@ -383,9 +397,12 @@ def store_and_finalize(
     })}
     inserted = [(invoice_id, item) for invoice_id, item in zip(ids, ordered, strict=True)
                 if invoice_id in created]
-    if made is not None:
-        made.update({item.team_id: invoice_id for invoice_id, item in inserted})
+    return inserted
 
+
+def _insert_lines_and_usage(session: Session, inserted: Sequence[tuple[str, RatedTeam]]
+                            ) -> None:
+    """The drafts' lines and the usage each one billed, two statements in all."""
     lines: dict[str, list[Any]] = defaultdict(list)
     usage: dict[str, list[Any]] = defaultdict(list)
     for invoice_id, item in inserted:
@@ -417,8 +434,6 @@ def store_and_finalize(
         session.execute(_INSERT_LINES, dict(lines))
     if usage:
         session.execute(_INSERT_USAGE, dict(usage))
-    made_final = [(i, item) for i, item in inserted if item.team_id not in hold]
-    return _finalize(session, made_final, now, kind)
 
 
 def _finalize(session: Session, made: list[tuple[str, RatedTeam]], now: datetime, kind: str
