@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from billing.db_cli import add_db_commands
-from billing.events_cli import add_events_commands
 from billing.invoices.cli import add_invoice_commands
 from billing.retention.cli import add_retention_commands
 from billing.stripe_sync.cli import add_stripe_commands
@@ -25,6 +24,7 @@ from metering.config import configure_clock, get_settings
 from metering.console import CommandError, Parser, examples, port, positive_int
 from metering.db import make_engine, make_sessionmaker, resolve_database_url
 from metering.errors import MeteringError
+from metering.ingest.cli import add_events_commands
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
