@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from billing.core.wording import grouped
 from metering.core.money import minor_unit
 
 SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
@@ -56,13 +57,7 @@ def quantity(value: Decimal | str | int | None) -> str:
 def exact(value: Decimal | str | int | None) -> str:
     """An exact quantity with thousands grouped and no trailing zeros: `1,673,065.4`
     (invoice lines: what was billed, to the last digit)."""
-    amount = _decimal(value).normalize()
-    if amount == 0:
-        return "0"
-    text = format(abs(amount), "f")
-    whole, _, fraction = text.partition(".")
-    grouped = f"{int(whole):,}" + (f".{fraction}" if fraction else "")
-    return ("-" if amount < 0 else "") + grouped
+    return grouped(_decimal(value))
 
 
 def parse_time(value: datetime | str | None) -> datetime | None:
