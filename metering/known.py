@@ -37,6 +37,32 @@ class KnownIds:
         self._known.clear()
 
 
+class KnownOwners:
+    """Execution id -> the team it belongs to, for ids whose row is committed. An execution's
+    team never changes, so the memory never goes stale."""
+
+    def __init__(self, limit: int = 500_000) -> None:
+        self._owner: dict[str, str] = {}
+        self._limit = limit
+
+    def owner(self, execution_id: str) -> str | None:
+        return self._owner.get(execution_id)
+
+    def remember_after_commit(self, session: Session, owners: dict[str, str]) -> None:
+        if not owners:
+            return
+        pending = dict(owners)
+
+        @event.listens_for(session, "after_commit", once=True)
+        def remember(_: Session) -> None:
+            if len(self._owner) > self._limit:
+                self._owner.clear()
+            self._owner.update(pending)
+
+    def clear(self) -> None:
+        self._owner.clear()
+
+
 class Expiring:
     """Ids remembered for a while (a hint that may go stale, never a fact)."""
 
@@ -59,6 +85,7 @@ class Expiring:
 
 teams = KnownIds()
 executions = KnownIds()
+execution_owners = KnownOwners()
 # Teams whose admissions billing cannot answer from the prefetched team row (credit-enforced
 # plans, spend limits): they skip the event loop's attempt for a while (plans change rarely).
 threaded_admissions = Expiring(10.0)
@@ -68,4 +95,5 @@ def forget_all() -> None:
     """Tests that wipe the database call this."""
     teams.clear()
     executions.clear()
+    execution_owners.clear()
     threaded_admissions.clear()

@@ -33,7 +33,21 @@ KILL_REASONS = frozenset({"request", "timeout", "limit", "admin", "error", "orph
 MAX_ID = 256
 MAX_SOURCE = 1024
 MAX_NAME = 128
-MAX_SUBJECT = 256
+MAX_SUBJECT = 128
+# Everything one event may weigh (canonical JSON): a few hundred bytes in practice; the bound
+# keeps a single event's cost fixed whatever its unknown fields hold.
+MAX_EVENT_BYTES = 16 * 1024
+# Before this no sandbox ever ran; a time before it is a zero or garbage value.
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+# Ids (team_id, execution_id, subject): safe in URLs, logs and CSV cells as they are.
+_ID = re.compile(r"[A-Za-z0-9._:@+\-]{1,128}")
+ID_ALPHABET = "A-Z a-z 0-9 . _ : @ + -"
+# RFC 3339 `date-time` only: ISO 8601's other spellings (week dates, basic format) are not.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
+# A NUL escaped in JSON text (and not a literal backslash followed by "u0000").
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
@@ -42,7 +56,7 @@ _FRACTION = re.compile(r"(\.\d{6})\d+")
 class EventError:
     index: int
     id: str | None
-    code: str  # invalid | future_time | conflict
+    code: str  # invalid | future_time | too_old | conflict
     message: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,10 +115,37 @@ class _Invalid(Exception):
         self.code = code
 
 
+def canonical_json(event: dict[str, Any]) -> bytes:
+    """The sorted-key JSON of an event, refused if it cannot be stored as it is: nested past
+    what a JSON writer allows, larger than `MAX_EVENT_BYTES`, or holding a NUL character
+    (PostgreSQL text and jsonb cannot)."""
+    try:
+        canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        raise _Invalid("event: nested too deeply") from None
+    if len(canonical) > MAX_EVENT_BYTES:
+        raise _Invalid(f"event: at most {MAX_EVENT_BYTES} bytes of JSON")
+    if b"\\u0000" in canonical and _NUL.search(canonical):
+        raise _Invalid("event: a string contains a NUL (\\u0000) character")
+    return canonical
+
+
 def digest_of(event: dict[str, Any]) -> bytes:
     """Content digest: the canonical (sorted-key) JSON of the whole event."""
-    canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
-    return blake2b(canonical, digest_size=16).digest()
+    return blake2b(canonical_json(event), digest_size=16).digest()
+
+
+def _identifier(obj: dict[str, Any], field: str, path: str) -> str:
+    value = obj.get(field)
+    if type(value) is str and _ID.fullmatch(value):
+        return value
+    if value is None:
+        raise _Invalid(f"{path}: required")
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"{path}: must be a non-empty string")
+    if len(value) > MAX_NAME:
+        raise _Invalid(f"{path}: at most {MAX_NAME} characters")
+    raise _Invalid(f"{path}: only the characters {ID_ALPHABET} are allowed")
 
 
 def _string(obj: dict[str, Any], field: str, path: str, limit: int) -> str:
@@ -157,18 +198,17 @@ def parse_time_ms(value: Any) -> int:
     """RFC 3339 with an offset -> epoch milliseconds (finer digits truncated)."""
     if type(value) is not str or not value:
         raise _Invalid("time: required, an RFC 3339 timestamp")
-    text = value if len(value) <= 32 else _FRACTION.sub(r"\1", value.strip())
+    if len(value) > 40 or not _RFC3339.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise _Invalid(f"time: not an RFC 3339 timestamp: {shown!r}")
+    text = _FRACTION.sub(r"\1", value) if len(value) > 32 else value
     try:
         moment = datetime.fromisoformat(text)
+        delta = moment - _EPOCH_S
     except ValueError:
-        text = _FRACTION.sub(r"\1", value.strip())
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise _Invalid(f"time: not an RFC 3339 timestamp: {value!r}") from None
-    if moment.tzinfo is None:
-        raise _Invalid("time: must carry a UTC offset or Z")
-    delta = moment - _EPOCH_S
+        raise _Invalid(f"time: not an RFC 3339 timestamp: {value!r}") from None
+    except OverflowError:  # a valid spelling whose UTC instant is before year 1
+        raise _Invalid(f"time: {value} is before 2000-01-01", code="too_old") from None
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
@@ -201,7 +241,9 @@ def same_key(tag_a: int, tag_b: int) -> bool:
     return (tag_a >> 16) == (tag_b >> 16)
 
 
-def _validate(raw: Any, index: int, now_ms: int, future_tolerance_ms: int) -> SandboxEvent:
+def _validate(
+    raw: Any, index: int, now_ms: int, future_tolerance_ms: int, oldest_ms: int
+) -> SandboxEvent:
     if type(raw) is not dict:
         raise _Invalid("event: must be a JSON object")
     if raw.get("specversion") != "1.0":
@@ -212,13 +254,15 @@ def _validate(raw: Any, index: int, now_ms: int, future_tolerance_ms: int) -> Sa
     kind = _KINDS.get(event_type) if type(event_type) is str else None
     if kind is None:
         raise _Invalid(f"type: unknown event type {event_type!r}")
-    subject = _string(raw, "subject", "subject", MAX_SUBJECT)
+    subject = _identifier(raw, "subject", "subject")
     time_ms = parse_time_ms(raw.get("time"))
     data = raw.get("data")
     if type(data) is not dict:
         raise _Invalid("data: must be a JSON object")
-    team_id = _string(data, "team_id", "data.team_id", MAX_NAME)
-    execution_id = _string(data, "execution_id", "data.execution_id", MAX_SUBJECT)
+    team_id = _identifier(data, "team_id", "data.team_id")
+    execution_id = _identifier(data, "execution_id", "data.execution_id")
+    if time_ms < oldest_ms:
+        raise _too_old(time_ms, oldest_ms, now_ms)
     if kind == "host_stats":
         # The hot path: one a second per running sandbox.
         cpu = _measure(data, "cpu_pct", 100)
@@ -227,7 +271,7 @@ def _validate(raw: Any, index: int, now_ms: int, future_tolerance_ms: int) -> Sa
             raise _future(time_ms, future_tolerance_ms)
         # For samples the canonical JSON itself is the digest: in-batch duplicates compare it
         # exactly, and only 16 bits of its checksum are kept in the tag.
-        canonical = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+        canonical = canonical_json(raw)
         return SandboxEvent(index, source, event_id, kind, subject, time_ms, team_id,
                             execution_id, data, canonical, None, None, None, None, None, cpu,
                             used, key_tag(source, event_id, canonical))
@@ -239,6 +283,8 @@ def _validate(raw: Any, index: int, now_ms: int, future_tolerance_ms: int) -> Sa
         template = data.get("template_id")
         if template is not None and not isinstance(template, str):
             raise _Invalid("data.template_id: must be a string")
+        if template is not None and len(template) > MAX_NAME:
+            raise _Invalid(f"data.template_id: at most {MAX_NAME} characters")
         fields["template_id"] = template
     elif kind == "updated":
         fields["vcpu"] = _int(data, "vcpu", 1, False)
@@ -261,6 +307,23 @@ def _validate(raw: Any, index: int, now_ms: int, future_tolerance_ms: int) -> Sa
 _KINDS = {t: t.rsplit(".", 1)[1] for t in EVENT_TYPES}
 
 
+def _echoed_id(raw: Any) -> str | None:
+    """The event's id as the answer may repeat it: only a plain, bounded string."""
+    raw_id = raw.get("id") if type(raw) is dict else None
+    if type(raw_id) is not str or len(raw_id) > MAX_ID or "\x00" in raw_id:
+        return None
+    return raw_id
+
+
+def _too_old(time_ms: int, oldest_ms: int, now_ms: int) -> _Invalid:
+    shown = from_ms(time_ms).isoformat() if time_ms >= EARLIEST_MS else "before 2000-01-01"
+    if oldest_ms <= EARLIEST_MS:
+        return _Invalid(f"time: {shown} is before 2000-01-01", code="too_old")
+    days = (now_ms - oldest_ms) // 86_400_000
+    return _Invalid(f"time: {shown} is older than the maximum age of {days} days "
+                    "(an admin or finance key may backfill older events)", code="too_old")
+
+
 def _future(time_ms: int, tolerance_ms: int) -> _Invalid:
     return _Invalid(
         f"time: {from_ms(time_ms).isoformat()} is more than {tolerance_ms // 1000} s "
@@ -273,7 +336,7 @@ _SECOND_PREFIX = 19  # "2026-11-03T10:15:02"
 
 
 def _sample_fast(
-    raw: Any, index: int, limit_ms: int, seconds: dict[str, int]
+    raw: Any, index: int, limit_ms: int, oldest_ms: int, seconds: dict[str, int]
 ) -> SandboxEvent | None:
     """The common well-formed sample (`YYYY-MM-DDTHH:MM:SS.mmmZ`, plain fields), or None to
     let `_validate` decide, and word any error, the long way.
@@ -292,13 +355,13 @@ def _sample_fast(
     if not (type(source) is str and type(event_id) is str and type(subject) is str
             and type(stamp) is str and type(data) is dict
             and 0 < len(source) <= MAX_SOURCE and 0 < len(event_id) <= MAX_ID
-            and 0 < len(subject) <= MAX_SUBJECT and len(stamp) == 24
+            and _ID.fullmatch(subject) and len(stamp) == 24
             and stamp[19] == "." and stamp[23] == "Z" and stamp[20:23].isdigit()):
         return None
     team_id = data.get("team_id")
     execution_id = data.get("execution_id")
     if not (type(team_id) is str and type(execution_id) is str
-            and 0 < len(team_id) <= MAX_NAME and 0 < len(execution_id) <= MAX_SUBJECT):
+            and _ID.fullmatch(team_id) and _ID.fullmatch(execution_id)):
         return None
     cpu = data.get("cpu_pct")
     used = data.get("memory_used_mib")
@@ -319,33 +382,44 @@ def _sample_fast(
             return None
         seconds[prefix] = second_ms
     time_ms = second_ms + int(stamp[20:23])
-    if time_ms > limit_ms:
+    if time_ms > limit_ms or time_ms < oldest_ms:
         return None
     canonical = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    if len(canonical) > MAX_EVENT_BYTES or b"\\u0000" in canonical:
+        return None
     return SandboxEvent(index, source, event_id, "host_stats", subject, time_ms, team_id,
                         execution_id, data, canonical, None, None, None, None, None, cpu, used,
                         key_tag(source, event_id, canonical))
 
 
+DEFAULT_MAX_AGE_DAYS = 400
+
+
 def validate_batch(
-    batch: list[Any], now: datetime, future_tolerance_s: int = 300
+    batch: list[Any], now: datetime, future_tolerance_s: int = 300,
+    max_age_days: int | None = DEFAULT_MAX_AGE_DAYS,
 ) -> tuple[list[SandboxEvent], list[EventError]]:
-    """Split a batch into valid events and per-index errors (in index order)."""
+    """Split a batch into valid events and per-index errors (in index order).
+
+    Times older than `max_age_days` (None: no maximum age, a deliberate backfill) or before
+    2000 are `too_old`: an event's cost grows with the span it opens, so the span is bounded.
+    """
     now_ms = to_ms(now)
     tolerance_ms = future_tolerance_s * 1000
     limit_ms = now_ms + tolerance_ms
+    oldest_ms = EARLIEST_MS
+    if max_age_days is not None:
+        oldest_ms = max(oldest_ms, now_ms - max_age_days * 86_400_000)
     valid: list[SandboxEvent] = []
     errors: list[EventError] = []
     seconds: dict[str, int] = {}
     for index, raw in enumerate(batch):
-        fast = _sample_fast(raw, index, limit_ms, seconds)
+        fast = _sample_fast(raw, index, limit_ms, oldest_ms, seconds)
         if fast is not None:
             valid.append(fast)
             continue
         try:
-            valid.append(_validate(raw, index, now_ms, tolerance_ms))
+            valid.append(_validate(raw, index, now_ms, tolerance_ms, oldest_ms))
         except _Invalid as exc:
-            raw_id = raw.get("id") if isinstance(raw, dict) else None
-            errors.append(EventError(index, raw_id if isinstance(raw_id, str) else None,
-                                     exc.code, exc.message))
+            errors.append(EventError(index, _echoed_id(raw), exc.code, exc.message))
     return valid, errors

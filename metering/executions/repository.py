@@ -84,6 +84,20 @@ def ensure(session: Session, keys: Sequence[ExecutionKey]) -> None:
         })
 
 
+_OWNERS = text("""
+SELECT execution_id, team_id FROM executions WHERE execution_id = ANY(CAST(:ids AS text[]))
+""")
+
+
+def ensure_owners(session: Session, keys: Sequence[ExecutionKey]) -> dict[str, str]:
+    """Create missing execution rows (each key's team becomes its owner, for ever), then
+    answer execution id -> owning team for every key. Two statements, so that a row another
+    transaction created meanwhile (the insert waited for it) is seen by the read."""
+    ensure(session, keys)
+    ids = sorted({k.execution_id for k in keys})
+    return {r[0]: r[1] for r in session.execute(_OWNERS, {"ids": ids})}
+
+
 def ensure_and_lock(
     session: Session, keys: Sequence[ExecutionKey], existing: Collection[str] = (),
 ) -> dict[str, str]:

@@ -16,8 +16,14 @@ from sqlalchemy.orm import Session
 
 from metering import known
 from metering.admissions import repository as admissions
-from metering.core.clock import to_ms, utc_now
-from metering.core.events import EventError, SandboxEvent, same_key, validate_batch
+from metering.core.clock import from_ms, to_ms, utc_now
+from metering.core.events import (
+    DEFAULT_MAX_AGE_DAYS,
+    EventError,
+    SandboxEvent,
+    same_key,
+    validate_batch,
+)
 from metering.executions import repository as executions_repo
 from metering.executions import service as executions
 from metering.executions.repository import ExecutionKey
@@ -57,10 +63,21 @@ def _conflict(event: SandboxEvent) -> EventError:
     )
 
 
+def _foreign_team(event: SandboxEvent) -> EventError:
+    # The owner is not named: the sender of this event need not be entitled to know it.
+    return EventError(
+        event.index, event.id, "conflict",
+        f"execution {event.execution_id!r} belongs to another team than "
+        f"{event.team_id!r}; an execution's team never changes; the event was not stored",
+    )
+
+
 def ingest(
-    session: Session, batch: list[Any], now: datetime, future_tolerance_s: int
+    session: Session, batch: list[Any], now: datetime, future_tolerance_s: int,
+    max_age_days: int | None = DEFAULT_MAX_AGE_DAYS,
 ) -> IngestResult:
-    valid, errors = validate_batch(batch, now, future_tolerance_s)
+    """`max_age_days` None lifts the maximum age (a deliberate backfill by finance or admin)."""
+    valid, errors = validate_batch(batch, now, future_tolerance_s, max_age_days)
     result = IngestResult(errors=errors)
     # Duplicates inside the batch are decided here; the store decides against the past.
     first: dict[tuple[str, str], SandboxEvent] = {}
@@ -74,6 +91,7 @@ def ingest(
             result.duplicates += 1
         else:
             result.errors.append(_conflict(event))
+    unique = _owned(session, unique, result)
     if not unique:
         return result
     horizon_ms = to_ms(now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE)
@@ -89,12 +107,42 @@ def ingest(
     return result
 
 
+def _owned(
+    session: Session, events: list[SandboxEvent], result: IngestResult
+) -> list[SandboxEvent]:
+    """The events whose team owns their execution. An execution first seen here is claimed
+    by the team of its first event in the batch; one naming another team is a conflict."""
+    claims: dict[str, SandboxEvent] = {}
+    newest: dict[str, int] = {}
+    for e in events:
+        claim = claims.get(e.execution_id)
+        if claim is None and known.execution_owners.owner(e.execution_id) is None:
+            claims[e.execution_id] = claim = e
+        if claim is not None and claim.team_id == e.team_id:
+            # A new row's liveness starts at its newest event (samples keep it fresh later).
+            newest[e.execution_id] = max(newest.get(e.execution_id, e.time_ms), e.time_ms)
+    owners: dict[str, str] = {}
+    if claims:
+        owners = executions_repo.ensure_owners(session, [
+            ExecutionKey(c.execution_id, c.team_id, c.subject, from_ms(newest[c.execution_id]))
+            for c in claims.values()])
+        known.execution_owners.remember_after_commit(session, owners)
+        known.executions.remember_after_commit(session, owners)
+    kept: list[SandboxEvent] = []
+    for e in events:
+        owner = owners.get(e.execution_id) or known.execution_owners.owner(e.execution_id)
+        if owner is not None and owner != e.team_id:
+            result.errors.append(_foreign_team(e))
+        else:
+            kept.append(e)
+    return kept
+
+
 def _ingest_samples(
     session: Session, samples: list[SandboxEvent], now: datetime, result: IngestResult
 ) -> None:
     if not samples:
         return
-    _ensure_executions(session, samples)
     horizon_ms = to_ms(now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE)
     old = [e for e in samples if e.time_ms < horizon_ms]
     to_insert = samples
@@ -140,17 +188,6 @@ def _log_liveness(session: Session, stored: list[SandboxEvent]) -> None:
         if event.time_ms > newest.get(event.execution_id, -1):
             newest[event.execution_id] = event.time_ms
     repo.log_liveness(session, newest)
-
-
-def _ensure_executions(session: Session, samples: list[SandboxEvent]) -> None:
-    """Samples name their execution; its row (team, sandbox) must exist for the fold."""
-    unknown = set(known.executions.unknown(e.execution_id for e in samples))
-    if not unknown:
-        return
-    keys = {e.execution_id: ExecutionKey(e.execution_id, e.team_id, e.subject, e.time)
-            for e in samples if e.execution_id in unknown}
-    executions_repo.ensure(session, list(keys.values()))
-    known.executions.remember_after_commit(session, unknown)
 
 
 def _ingest_lifecycle(session: Session, events: list[SandboxEvent], result: IngestResult) -> None:

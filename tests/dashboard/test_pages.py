@@ -206,10 +206,10 @@ def test_executions_are_paginated_and_searchable_by_sandbox_id(
                   event("killed", sandbox=f"sbx_page_{i:02d}", execution=f"exe_p{i}",
                         team=seeded.team, time=iso(begin + timedelta(seconds=30)),
                         reason="request")]
-    # An id with LIKE's wildcards in it: searched literally.
-    batch += [event("created", sandbox="sbx_%odd", execution="exe_odd", team=seeded.team,
+    # LIKE's wildcard `_` in a search is literal: "sbx_odd" does not find "sbx1odd".
+    batch += [event("created", sandbox="sbx1odd", execution="exe_odd", team=seeded.team,
                     time=iso(now - timedelta(hours=1)), vcpu=1, memory_mib=512),
-              event("killed", sandbox="sbx_%odd", execution="exe_odd", team=seeded.team,
+              event("killed", sandbox="sbx1odd", execution="exe_odd", team=seeded.team,
                     time=iso(now - timedelta(minutes=50)), reason="request")]
     assert client.post("/v1/events", json=batch,
                        headers=Keys.auth(api_keys.ingest)).json()["rejected"] == 0
@@ -228,8 +228,10 @@ def test_executions_are_paginated_and_searchable_by_sandbox_id(
     exact = web.get(f"/dashboard/teams/{seeded.team}/executions",
                     params={"q": seeded.running_sandbox})
     assert "pill-running" in exact.text
-    odd = web.get(f"/dashboard/teams/{seeded.team}/executions", params={"q": "sbx_%"})
-    assert "sbx_%odd" in odd.text and "sbx_page_" not in odd.text
+    odd = web.get(f"/dashboard/teams/{seeded.team}/executions", params={"q": "sbx1"})
+    assert "sbx1odd" in odd.text and "sbx_page_" not in odd.text
+    literal = web.get(f"/dashboard/teams/{seeded.team}/executions", params={"q": "sbx_odd"})
+    assert "sbx1odd" not in literal.text
     none = web.get(f"/dashboard/teams/{seeded.team}/executions", params={"q": "zzz"})
     assert "No sandbox of this team" in none.text
     # Another team's sandbox ids are not searched.
