@@ -6,17 +6,17 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from metering.api import bulkhead
 from metering.api.deps import authenticate, bearer
 from metering.core.clock import utc_now
 from metering.db import run_transaction
-from metering.errors import BadRequest, PayloadTooLarge, Unauthorized
-from metering.ingest import service
+from metering.errors import PayloadTooLarge, Unauthorized
+from metering.ingest import binding, service
 
 router = APIRouter(tags=["events"])
 
@@ -55,10 +55,9 @@ class IngestOut(BaseModel):
     errors: list[EventErrorOut]
 
 
-async def read_batch(request: Request) -> list[Any]:
-    """The body as a list of raw events, refusing oversize bodies before reading them whole."""
-    settings = request.app.state.settings
-    limit = settings.max_body_bytes
+async def read_body(request: Request) -> bytes:
+    """The whole body, refusing oversize bodies before reading them whole."""
+    limit = request.app.state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit} bytes")
@@ -69,35 +68,36 @@ async def read_batch(request: Request) -> list[Any]:
         if size > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    try:
-        batch = orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
-    if isinstance(batch, dict):
-        raise BadRequest("body must be a JSON array of CloudEvents (a batch), not one object")
-    if not isinstance(batch, list):
-        raise BadRequest("body must be a JSON array of CloudEvents")
-    if len(batch) > settings.max_batch_events:
-        raise PayloadTooLarge(
-            f"batch has {len(batch)} events; the limit is {settings.max_batch_events}")
-    return batch
+    return b"".join(chunks)
 
 
+async def read_batch(request: Request) -> binding.Envelope:
+    """The request's events in any CloudEvents HTTP mode (batched, structured, binary)."""
+    envelope = binding.parse(request.headers, await read_body(request))
+    limit = request.app.state.settings.max_batch_events
+    if len(envelope.events) > limit:
+        raise PayloadTooLarge(f"batch has {len(envelope.events)} events; the limit is {limit}")
+    return envelope
+
+
+BACKFILL_ROLES = frozenset({"finance", "admin"})
 ATTEMPTS = 3
 
 
-def _ingest(app_state: Any, token: str | None, batch: list[Any]) -> bytes:
+def _ingest(app_state: Any, token: str | None, batch: list[Any]) -> dict[str, Any]:
     """The whole unit of work in one worker thread: key, ingest, commit (durable before the
     answer). A transaction that lost a deadlock is run again whole."""
     settings = app_state.settings
 
     def work(session: Session) -> service.IngestResult:
         principal = authenticate(session, token)
-        principal.require("ingest")
-        return service.ingest(session, batch, utc_now(), settings.future_tolerance_s)
+        principal.require("ingest", "finance")
+        # Finance and admin may backfill past the maximum age on purpose.
+        max_age = None if principal.role in BACKFILL_ROLES else settings.max_event_age_days
+        return service.ingest(session, batch, utc_now(), settings.future_tolerance_s, max_age)
 
     result = run_transaction(app_state.sessions, work, attempts=ATTEMPTS)
-    return orjson.dumps(result.as_dict())
+    return result.as_dict()
 
 
 @router.post(
@@ -120,6 +120,8 @@ async def post_events(
     """
     if credentials is None:
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")
-    batch = await read_batch(request)
-    body = await run_in_threadpool(_ingest, request.app.state, credentials.credentials, batch)
-    return Response(body, media_type="application/json")
+    envelope = await read_batch(request)
+    answer = await bulkhead.run_sync(request, _ingest, request.app.state,
+                                     credentials.credentials, envelope.events)
+    status = binding.single_status(answer) if envelope.single else 200
+    return Response(orjson.dumps(answer), status_code=status, media_type="application/json")
