@@ -29,17 +29,19 @@ from billing.plans import service as plan_service
 from billing.stripe_sync.webhooks import router as stripe_router
 from metering import db_async, migrate, observability, plugins
 from metering.admissions import endpoints as admission_endpoints
+from metering.api import connections, throttle
 from metering.api.errors import ERROR_RESPONSES, error_response
 from metering.auth import endpoints as keys_endpoints
 from metering.auth.service import ensure_key
 from metering.config import Settings, configure_clock, get_settings
 from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
 from metering.enforcement import endpoints as enforcement_endpoints
-from metering.errors import MeteringError, StorageUnavailable
+from metering.errors import MeteringError, Overloaded, StorageUnavailable
 from metering.ingest import endpoints as ingest_endpoints
 from metering.usage import endpoints as usage_endpoints
 
 log = logging.getLogger(__name__)
+QUERY_CANCELED = "57014"  # statement_timeout
 
 
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
@@ -79,6 +81,12 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers.update(exc.headers)
         return response
 
+    async def pool_exhausted(_: Request, exc: Exception) -> JSONResponse:
+        # The database is fine; this process has no connection free for the request's class.
+        log.warning("connection pool exhausted: %s", exc)
+        err = Overloaded("the service is at capacity; nothing was stored, retry after 1 s")
+        return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "1"})
+
     async def storage_down(_: Request, exc: Exception) -> JSONResponse:
         sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
         if sqlstate in ("40P01", "40001"):
@@ -90,11 +98,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "1"})
 
     app.add_exception_handler(OperationalError, storage_down)
-    app.add_exception_handler(PoolTimeout, storage_down)
+    app.add_exception_handler(PoolTimeout, pool_exhausted)
 
     async def db_error(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return await storage_down(request, exc)
+        if getattr(getattr(exc, "orig", None), "sqlstate", None) == QUERY_CANCELED:
+            err = Overloaded("the read ran past its time limit and was cancelled; ask for a "
+                             "shorter range or a coarser granularity, or retry later")
+            return JSONResponse(status_code=503, content=err.body(),
+                                headers={"Retry-After": "5"})
         if isinstance(exc, DataError):
             # SQLSTATE class 22, or psycopg refusing a NUL byte in text: a value from the
             # request that PostgreSQL cannot store (integer/numeric out of range, NUL).
@@ -121,6 +134,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         finally:
             await db_async.close_pool(app.state)
             app.state.engine.dispose()
+            app.state.read_engine.dispose()
 
     app = FastAPI(
         title="Sandbox metering and billing",
@@ -133,16 +147,27 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
+    # Reads have connections of their own, each statement bounded: they cannot take the
+    # orchestrator's (see metering.api.bulkhead).
+    app.state.read_engine = make_engine(url, pool_size=settings.read_pool_size,
+                                        statement_timeout_ms=settings.read_statement_timeout_ms,
+                                        pool_timeout_s=settings.read_pool_timeout_s,
+                                        # A read can afford a round trip to find a connection
+                                        # the database dropped, instead of answering 503 once.
+                                        pre_ping=True)
+    app.state.read_sessions = make_sessionmaker(app.state.read_engine)
     if migrate_on_start:
         migrate.upgrade(engine)
     if settings.bootstrap_admin_key:
         with transaction(app.state.sessions) as session:
             ensure_key(session, settings.bootstrap_admin_key, "admin")
     install_error_handlers(app)
+    app.add_middleware(throttle.Throttle, settings=settings)
+    app.add_middleware(connections.BodyTimeout, timeout_s=settings.body_timeout_s)
     observability.install(app)
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
@@ -185,6 +210,7 @@ def app_from_environment() -> FastAPI:
     import os
 
     observability.configure_json_logging(get_settings().log_level)
+    connections.raise_file_limit()
     url = os.environ.get("METERING_RESOLVED_DATABASE_URL")
     app = create_app(get_settings(), database_url=url, migrate_on_start=url is None)
     # Everything built so far (routes, models, templates) lives as long as the process: keep

@@ -59,11 +59,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         scheduler = start_scheduler(make_sessionmaker(engine), settings)
         jobs = "in this process"
+    from metering.api.connections import HeaderTimeoutProtocol, raise_file_limit
+
+    # Slow clients hold file descriptors: a high limit, timeouts and a connection cap keep
+    # the jobs (which need descriptors for their connections) out of their reach.
+    raise_file_limit()
     print(terminal.banner(settings, args.host, args.port, jobs=jobs), flush=True)
     try:
         uvicorn.run("billing.app:app_from_environment", factory=True, host=args.host,
                     port=args.port, workers=args.workers, log_level="warning",
-                    timeout_graceful_shutdown=10, log_config=None, access_log=False)
+                    timeout_graceful_shutdown=10, log_config=None, access_log=False,
+                    http=HeaderTimeoutProtocol, backlog=2048)
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=True)

@@ -6,10 +6,32 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metering.core import clock
+
+
+class KeyLimit(BaseModel):
+    """What one API key may use: `rate` requests a second with bursts of `burst` (0: no rate
+    limit) and `concurrency` requests in flight at once (0: no limit)."""
+
+    rate: float = Field(default=0, ge=0)  # float-ok: requests per second
+    burst: int = Field(default=0, ge=0)
+    concurrency: int = Field(default=0, ge=0)
+
+
+def _default_key_limits() -> dict[str, KeyLimit]:
+    # The orchestrator's key is sized for a fleet; people's keys for a dashboard and scripts.
+    # `unresolved` is any key this process has not yet seen authenticated (ingest keys on the
+    # admissions fast path among them), so it is as generous as `ingest`.
+    return {
+        "ingest": KeyLimit(rate=5000, burst=10_000, concurrency=256),
+        "unresolved": KeyLimit(rate=5000, burst=10_000, concurrency=256),
+        "team": KeyLimit(rate=20, burst=40, concurrency=4),
+        "finance": KeyLimit(rate=100, burst=200, concurrency=8),
+        "admin": KeyLimit(rate=100, burst=200, concurrency=8),
+    }
 
 
 class Settings(BaseSettings):
@@ -28,6 +50,8 @@ class Settings(BaseSettings):
     max_batch_events: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     future_tolerance_s: int = 300
+    # Events older than this are refused (`too_old`) unless a finance or admin key backfills.
+    max_event_age_days: int = Field(default=400, ge=1)
     stale_after_s: int = 60
     # Per-minute samples: the current month and this many before it are kept; older months
     # are dropped once closed and invoiced (billing.retention). At least 1.
@@ -52,6 +76,19 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_webhook_tolerance_s: int = 300
+
+    # Bulkheads and limits (see docs/operations.md, "Bulkheads and limits")
+    key_limits: dict[str, KeyLimit] = Field(default_factory=_default_key_limits)
+    key_limit_overrides: dict[str, KeyLimit] = Field(default_factory=dict)  # by key id
+    read_concurrency: int = Field(default=24, ge=1)  # reads in flight per API process
+    read_pool_size: int = Field(default=8, ge=1)  # connections for reads (+ as many overflow)
+    read_pool_timeout_s: float = Field(default=2.0, gt=0)  # float-ok: wait for a connection
+    read_statement_timeout_ms: int = Field(default=15_000, ge=100)
+    orchestrator_threads: int = Field(default=32, ge=1)  # worker threads ingest alone uses
+    # Connections: slow or idle clients are closed; the process takes at most this many.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=60)  # float-ok: seconds
+    body_timeout_s: float = Field(default=30.0, gt=0, le=60)  # float-ok: seconds
+    max_connections: int = Field(default=4096, ge=1)
 
     # Worker
     run_scheduler: bool = True

@@ -111,16 +111,21 @@ def driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
                                   connection_invalidated=broken) from exc
 
 
-def make_engine(url: str, pool_size: int = 10) -> Engine:
+def make_engine(url: str, pool_size: int = 10, statement_timeout_ms: int | None = None,
+                pool_timeout_s: float = 5, pre_ping: bool = False) -> Engine:  # float-ok
+    """A pooled engine; `statement_timeout_ms` bounds every statement (the read pool's)."""
+    options = "-c timezone=UTC"
+    if statement_timeout_ms is not None:
+        options += f" -c statement_timeout={int(statement_timeout_ms)}"
     return create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        # No pre-ping: it costs a round trip per request. A connection found dead answers
-        # 503 once and the pool discards every connection of the dead server.
-        pool_pre_ping=False,
-        pool_timeout=5,
-        connect_args={"connect_timeout": 3, "options": "-c timezone=UTC"},
+        # No pre-ping on the hot path: it costs a round trip per request. A connection found
+        # dead answers 503 once and the pool discards every connection of the dead server.
+        pool_pre_ping=pre_ping,
+        pool_timeout=pool_timeout_s,
+        connect_args={"connect_timeout": 3, "options": options},
     )
 
 

@@ -59,3 +59,15 @@ class InvalidSignature(Exception):
 class StorageUnavailable(MeteringError):
     status_code = 503
     code = "storage_unavailable"
+
+
+class RateLimited(MeteringError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class Overloaded(MeteringError):
+    """The process is at capacity (a pool or class limit), not broken: retry after a moment."""
+
+    status_code = 503
+    code = "overloaded"

@@ -58,7 +58,7 @@ from schemathesis.core.failures import Failure, FailureGroup
 from sqlalchemy.engine import Engine
 
 from billing.app import create_app
-from metering.config import Settings
+from metering.config import KeyLimit, Settings
 from tests.conftest import Keys, event
 
 MAX_EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6}
@@ -214,7 +214,10 @@ def served(database_url: str, engine: Engine, settings: Settings) -> Iterator[st
     """An app of its own from `create_app`, served over real HTTP on 127.0.0.1: the shared
     session `app` fixture is not used because other tests include routers into it, which
     would change the document under test."""
-    app = create_app(settings, database_url=database_url, migrate_on_start=False)
+    # The document is under test here, not the per-key allowances (tested on their own).
+    unlimited = settings.model_copy(update={"key_limits": {
+        role: KeyLimit() for role in ("ingest", "unresolved", "team", "finance", "admin")}})
+    app = create_app(unlimited, database_url=database_url, migrate_on_start=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from metering import db_async, observability
 from metering.admissions import service
 from metering.admissions.schemas import REFUSALS, AdmissionIn, AdmissionOut
+from metering.api import bulkhead
 from metering.api.deps import bearer
 from metering.core.admission import AdmissionRequest
 from metering.core.clock import from_ms, to_ms, utc_now
@@ -31,7 +31,16 @@ def _admit(app_state: Any, token: str, body: AdmissionIn) -> service.Decision:
             AdmissionRequest(body.vcpu, body.memory_mib, body.disk_mib, body.timeout_s), now)
 
 
-@router.post("/v1/admissions", response_model=AdmissionOut, responses=REFUSALS)
+def require_bearer(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """A request without a key is told so before its body is looked at."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
+
+
+@router.post("/v1/admissions", response_model=AdmissionOut, responses=REFUSALS,
+             dependencies=[Depends(require_bearer)])
 async def post_admission(
     body: AdmissionIn, request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -63,6 +72,6 @@ async def post_admission(
         path = "thread"
     observability.observe_admission_path(path)
     if decision is None:
-        decision = await run_in_threadpool(_admit, state, token, body)
+        decision = await bulkhead.run_sync(request, _admit, state, token, body)
     return Response(orjson.dumps(decision.body), status_code=decision.status,
                     media_type="application/json")

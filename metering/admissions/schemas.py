@@ -59,5 +59,7 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
     403: {"model": AdmissionOut | ErrorOut,
           "description": "resources_exceed_plan, duration_exceeds_plan (an admission); "
           "`forbidden` (an error: the key's role is not ingest)"},
-    429: {"model": AdmissionOut, "description": "concurrency_limit, start_rate_limited"},
+    429: {"model": AdmissionOut | ErrorOut,
+          "description": "concurrency_limit, start_rate_limited (an admission refusal, "
+          "`admitted: false`); `rate_limited` (an error: the key is over its allowance)"},
 }

@@ -9,8 +9,9 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from metering.api import bulkhead, throttle
 from metering.auth.service import Principal, resolve
 from metering.config import Settings
 from metering.db import transaction
@@ -27,8 +28,7 @@ async def get_settings_dep(request: Request) -> Settings:
 def get_session(request: Request) -> Iterator[Session]:
     """The request's unit of work: committed when the handler returns, before the response
     is sent (the dependency has function scope); rolled back if it raises."""
-    factory: sessionmaker[Session] = request.app.state.sessions
-    with transaction(factory) as session:
+    with transaction(bulkhead.sessions_for(request)) as session:
         yield session
 
 
@@ -42,6 +42,7 @@ def authenticate(session: Session, token: str | None) -> Principal:
     principal = resolve(session, token)
     if principal is None:
         raise Unauthorized("unknown or revoked API key")
+    throttle.remember(token, principal.key_id, principal.role)
     return principal
 
 
@@ -93,7 +94,7 @@ async def in_worker(
 ) -> T:
     """Run a hot read or write as one unit of work in one worker-thread hop (key check
     included), instead of a hop per sync dependency: the latency-sensitive endpoints use it."""
-    factory: sessionmaker[Session] = request.app.state.sessions
+    factory = bulkhead.sessions_for(request)
     token = credentials.credentials if credentials else None
 
     def run() -> T:

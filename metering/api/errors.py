@@ -34,5 +34,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: error_response("`conflict`: the resource's state does not allow this"),
     422: error_response("`invalid_request`: the request does not match this schema; "
                         "`fields` lists each problem"),
-    503: error_response("`storage_unavailable`: nothing was stored; retry after `Retry-After`"),
+    429: error_response("`rate_limited`: the key is over its rate or concurrency allowance; "
+                        "retry after `Retry-After` (see the `RateLimit-*` headers)"),
+    503: error_response("`storage_unavailable` (nothing was stored) or `overloaded` (the "
+                        "service is at capacity): retry after `Retry-After`"),
 }

@@ -1,0 +1,102 @@
+"""Bulkheads: the orchestrator's path keeps capacity of its own that reads cannot take.
+
+Requests fall in three classes by path (`route_class`):
+- `orchestrator`: `POST /v1/events`, `POST /v1/admissions`, the kill-order feed. Its own
+  connection pool (`app.state.sessions`, plus the admissions event-loop pool) and its own worker
+  threads (`run_sync`, a limiter of `orchestrator_threads`); it is never refused for load;
+- `health`: `/healthz`, `/readyz`, `/metrics`: answered on the event loop or from their own
+  connections, never queued behind anything;
+- `read`: everything else (dashboard, usage, finance). Its own connection pool
+  (`app.state.read_sessions`, with a statement timeout) and at most `read_concurrency` requests
+  in flight per process: past that it answers `503 overloaded` at once, with `Retry-After`,
+  instead of queueing for a connection. Sync endpoints run on AnyIO's default thread limiter,
+  which `install` sizes above `read_concurrency`, so reads never hold every thread.
+
+Per-key rate and concurrency limits (`metering.api.throttle`) come before the class check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+from fastapi import Request
+from sqlalchemy.orm import Session, sessionmaker
+
+RouteClass = Literal["orchestrator", "health", "read"]
+ORCHESTRATOR_PATHS = frozenset({"/v1/events", "/v1/admissions"})
+ORCHESTRATOR_PREFIXES = ("/v1/enforcement/",)
+HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+T = TypeVar("T")
+
+
+def route_class(path: str) -> RouteClass:
+    if path in ORCHESTRATOR_PATHS or path.startswith(ORCHESTRATOR_PREFIXES):
+        return "orchestrator"
+    if path in HEALTH_PATHS:
+        return "health"
+    return "read"
+
+
+@dataclass
+class Capacity:
+    """One process's capacity per class. Built lazily on the running loop (AnyIO limiters
+    belong to an event loop)."""
+
+    orchestrator_threads: int
+    read_concurrency: int
+    reads_in_flight: int = 0
+    _limiters: dict[int, anyio.CapacityLimiter] = field(default_factory=dict)
+
+    def orchestrator_limiter(self) -> anyio.CapacityLimiter:
+        import asyncio
+
+        loop = id(asyncio.get_running_loop())
+        limiter = self._limiters.get(loop)
+        if limiter is None:
+            limiter = anyio.CapacityLimiter(self.orchestrator_threads)
+            self._limiters[loop] = limiter
+            # Sync endpoints (reads) share AnyIO's default limiter: room for every admitted
+            # read and the sync handlers of the orchestrator's feed besides.
+            default = anyio.to_thread.current_default_thread_limiter()
+            default.total_tokens = max(default.total_tokens, self.read_concurrency + 16)
+        return limiter
+
+    def try_enter_read(self) -> bool:
+        if self.reads_in_flight >= self.read_concurrency:
+            return False
+        self.reads_in_flight += 1
+        return True
+
+    def leave_read(self) -> None:
+        self.reads_in_flight -= 1
+
+
+def capacity(state: Any) -> Capacity:
+    found: Capacity | None = getattr(state, "capacity", None)
+    if found is None:
+        settings = state.settings
+        found = Capacity(settings.orchestrator_threads, settings.read_concurrency)
+        state.capacity = found
+    return found
+
+
+async def run_sync(request: Request, work: Callable[..., T], *args: Any) -> T:
+    """Run the orchestrator path's unit of work on its own worker threads."""
+    limiter = capacity(request.app.state).orchestrator_limiter()
+    return await anyio.to_thread.run_sync(partial(work, *args), limiter=limiter)
+
+
+def sessions_for(request: Request) -> sessionmaker[Session]:
+    """The connection pool of the request's class (reads have their own)."""
+    state = request.app.state
+    if route_class(request.url.path) == "orchestrator":
+        factory: sessionmaker[Session] = state.sessions
+        return factory
+    reads: sessionmaker[Session] = getattr(state, "read_sessions", None) or state.sessions
+    return reads

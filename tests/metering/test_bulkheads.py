@@ -1,0 +1,117 @@
+"""One key cannot starve the service: per-key limits answer `429 rate_limited`, reads have
+connections of their own, and a read pool that is exhausted answers `503 overloaded` while
+the orchestrator's path goes on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing.app import create_app
+from metering.api import throttle
+from metering.auth import service as keys
+from metering.config import KeyLimit, Settings
+from metering.db import transaction
+from tests.conftest import Keys, event
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@pytest.fixture
+def limited(database_url: str, engine: Engine) -> Iterator[FastAPI]:
+    """An app whose team keys may make two requests and then one per 1,000 s, and whose reads
+    have one pooled connection (and one overflow), given up on after a second."""
+    throttle.forget_all()
+    settings = Settings(
+        database_url=None, run_scheduler=False, read_pool_size=1, read_pool_timeout_s=1,
+        key_limits={"team": KeyLimit(rate=0.001, burst=2, concurrency=4)})
+    app = create_app(settings, database_url=database_url, migrate_on_start=False)
+    yield app
+    app.state.engine.dispose()
+    app.state.read_engine.dispose()
+    throttle.forget_all()
+
+
+def new_key(sessions: sessionmaker[Session], role: str, team: str | None = None) -> tuple[str, str]:
+    with transaction(sessions) as session:
+        created = keys.create_key(session, role, team)
+    return created.id, created.key
+
+
+def test_a_key_over_its_allowance_gets_429_with_retry_after(
+    limited: FastAPI, sessions: sessionmaker[Session]
+) -> None:
+    _, team_key = new_key(sessions, "team", "team_1")
+    _, other_key = new_key(sessions, "team", "team_2")
+    with TestClient(limited) as client:
+        # The first request is judged by the allowance of a key not yet seen authenticated;
+        # the next two spend the team key's burst.
+        answers = [client.get("/v1/teams/team_1", headers=Keys.auth(team_key))
+                   for _ in range(4)]
+        assert [a.status_code for a in answers[:3]] == [404, 404, 404]  # no such team yet
+        throttled = answers[3]
+        assert throttled.status_code == 429
+        assert throttled.json()["error"]["code"] == "rate_limited"
+        assert int(throttled.headers["retry-after"]) >= 1
+        assert throttled.headers["ratelimit-limit"] == "2"
+        assert throttled.headers["ratelimit-remaining"] == "0"
+        # The allowance is the key's own: another team's key is not throttled.
+        assert client.get("/v1/teams/team_2", headers=Keys.auth(other_key)).status_code == 404
+        # The health check is never throttled.
+        assert client.get("/healthz").status_code == 200
+
+
+def test_a_per_key_override_lifts_one_keys_allowance(
+    database_url: str, engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    key_id, team_key = new_key(sessions, "team", "team_1")
+    settings = Settings(
+        database_url=None, run_scheduler=False,
+        key_limits={"team": KeyLimit(rate=0.001, burst=1, concurrency=1)},
+        key_limit_overrides={key_id: KeyLimit(rate=0.001, burst=5, concurrency=1)})
+    app = create_app(settings, database_url=database_url, migrate_on_start=False)
+    throttle.forget_all()
+    try:
+        with TestClient(app) as client:
+            codes = [client.get("/v1/teams/team_1", headers=Keys.auth(team_key)).status_code
+                     for _ in range(7)]
+        # The first request is judged by the allowance of a key not yet seen authenticated.
+        assert codes.count(429) == 1 and codes[-1] == 429
+    finally:
+        app.state.engine.dispose()
+        app.state.read_engine.dispose()
+        throttle.forget_all()
+
+
+def test_reads_cannot_take_the_orchestrators_connections(
+    limited: FastAPI, sessions: sessionmaker[Session], api_keys: Keys
+) -> None:
+    read_pool = limited.state.read_engine
+    held = [read_pool.connect(), read_pool.connect()]  # every read connection taken
+    try:
+        with TestClient(limited) as client:
+            read = client.get("/v1/teams/team_1/usage", headers=Keys.auth(api_keys.finance))
+            assert read.status_code == 503
+            assert read.json()["error"]["code"] == "overloaded"
+            assert read.headers["retry-after"] == "1"
+            batch = [event("created", time=iso(NOW - timedelta(minutes=5)), vcpu=1,
+                           memory_mib=512)]
+            ingest = client.post("/v1/events", content=orjson.dumps(batch),
+                                 headers=Keys.auth(api_keys.ingest))
+            assert ingest.status_code == 200 and ingest.json()["accepted"] == 1
+            feed = client.get("/v1/enforcement/actions", headers=Keys.auth(api_keys.ingest))
+            assert feed.status_code == 200
+    finally:
+        for connection in held:
+            connection.close()
