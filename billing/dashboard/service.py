@@ -289,7 +289,8 @@ def sandbox(session: Session, principal: Principal, settings: Settings, team_id:
     hi = (last + timedelta(minutes=1)).replace(second=0, microsecond=0)
     first = min(r.start_at for r in rows)
     lo = max(first.replace(second=0, microsecond=0), hi - timedelta(hours=24))
-    metrics = usage_service.sandbox_metrics(session, principal, sandbox_id, lo, hi).model_dump()
+    metrics = usage_service.sandbox_metrics(session, principal, team_id, sandbox_id, lo,
+                                            hi).model_dump()
     points = [{
         "t": m["minute"], "label": fmt.when(m["minute"]), "samples": m["samples"],
         "cpu_avg": m["cpu_pct_avg"], "cpu_max": m["cpu_pct_max"],

@@ -45,6 +45,19 @@ def get_metrics(
     sandbox_id: str, session: SessionDep, principal: PrincipalDep,
     start: datetime | None = None, end: datetime | None = None,
 ) -> MetricsOut:
-    """Per-minute cpu and memory of a sandbox (average and maximum of its samples)."""
-    return service.sandbox_metrics(session, principal, sandbox_id, aware(start, "start"),
-                                   aware(end, "end"))
+    """Per-minute cpu and memory of the key's team's sandbox (average and maximum of its
+    samples). Sandbox ids may repeat across teams: finance and admin keys name the team with
+    `GET /v1/teams/{team_id}/sandboxes/{sandbox_id}/metrics` (here only an id one team used)."""
+    team_id = service.sandbox_owner(session, principal, sandbox_id)
+    return service.sandbox_metrics(session, principal, team_id, sandbox_id,
+                                   aware(start, "start"), aware(end, "end"))
+
+
+@router.get("/v1/teams/{team_id}/sandboxes/{sandbox_id}/metrics", response_model=MetricsOut)
+def get_team_metrics(
+    team_id: str, sandbox_id: str, session: SessionDep, principal: PrincipalDep,
+    start: datetime | None = None, end: datetime | None = None,
+) -> MetricsOut:
+    """Per-minute cpu and memory of one team's sandbox (average and maximum of its samples)."""
+    return service.sandbox_metrics(session, principal, team_id, sandbox_id,
+                                   aware(start, "start"), aware(end, "end"))

@@ -218,7 +218,7 @@ def list_executions(
 
 _METRICS = text("""
 WITH ex AS (
-    SELECT execution_id FROM executions WHERE sandbox_id = :sandbox_id
+    SELECT execution_id FROM executions WHERE team_id = :team_id AND sandbox_id = :sandbox_id
 ), rows AS (
     SELECT m.minute, m.samples, m.cpu_samples, m.cpu_sum, m.cpu_max,
            m.mem_samples, m.mem_sum, m.mem_max
@@ -238,17 +238,26 @@ FROM rows GROUP BY minute ORDER BY minute
 """)
 
 
-def sandbox_team(session: Session, sandbox_id: str) -> str | None:
-    row = session.execute(
-        text("SELECT team_id FROM executions WHERE sandbox_id = :s LIMIT 1"), {"s": sandbox_id}
-    ).first()
-    return None if row is None else str(row[0])
+def sandbox_teams(session: Session, sandbox_id: str, limit: int = 10) -> list[str]:
+    """The teams that ran a sandbox with this id (the orchestrator's ids may repeat)."""
+    rows = session.execute(text(
+        "SELECT DISTINCT team_id FROM executions WHERE sandbox_id = :s ORDER BY team_id "
+        "LIMIT :limit"), {"s": sandbox_id, "limit": limit})
+    return [str(r[0]) for r in rows]
+
+
+def has_sandbox(session: Session, team_id: str, sandbox_id: str) -> bool:
+    return session.execute(text(
+        "SELECT 1 FROM executions WHERE team_id = :t AND sandbox_id = :s LIMIT 1"),
+        {"t": team_id, "s": sandbox_id}).first() is not None
 
 
 def sandbox_metrics(
-    session: Session, sandbox_id: str, start: datetime, end: datetime
+    session: Session, team_id: str, sandbox_id: str, start: datetime, end: datetime
 ) -> list[Any]:
-    return list(session.execute(_METRICS, {"sandbox_id": sandbox_id, "start": start, "end": end}))
+    """Per-minute figures of the team's sandbox of that id, and of no other team's."""
+    return list(session.execute(_METRICS, {"team_id": team_id, "sandbox_id": sandbox_id,
+                                           "start": start, "end": end}))
 
 
 _RUNNING_ALLOCATIONS = text(f"""

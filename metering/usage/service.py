@@ -30,7 +30,7 @@ from metering.core.clock import (
 )
 from metering.core.money import add, decimal, div, fmt, gib_seconds, vcpu_seconds
 from metering.core.pricing import PricePeriod, PriceSchedule
-from metering.errors import BadRequest, NotFound
+from metering.errors import BadRequest, Conflict, NotFound
 from metering.usage import repository as repo
 from metering.usage.schemas import (
     ExecutionOut,
@@ -239,15 +239,34 @@ def executions_page(
                          next_cursor=next_execution_cursor(rows, more))
 
 
+def sandbox_owner(session: Session, principal: Principal, sandbox_id: str) -> str:
+    """The team whose sandbox of this id the key means. Sandbox ids are the orchestrator's and
+    may repeat across teams: a team key means its own; finance and admin may leave the team
+    out only for an id one team used (else 409: name the team)."""
+    if principal.role == "team" and principal.team_id is not None:
+        return principal.team_id
+    principal.require("team", "finance")
+    teams = repo.sandbox_teams(session, sandbox_id, limit=2)
+    if not teams:
+        raise NotFound(f"no sandbox {sandbox_id}")
+    if len(teams) > 1:
+        raise Conflict(f"sandbox id {sandbox_id} was used by more than one team; ask "
+                       f"GET /v1/teams/{{team_id}}/sandboxes/{sandbox_id}/metrics")
+    return teams[0]
+
+
 def sandbox_metrics(
-    session: Session, principal: Principal, sandbox_id: str, start: datetime | None,
-    end: datetime | None,
+    session: Session, principal: Principal, team_id: str, sandbox_id: str,
+    start: datetime | None, end: datetime | None,
 ) -> MetricsOut:
-    """Per-minute cpu and memory of a sandbox the key may read (others: not found)."""
-    team_id = repo.sandbox_team(session, sandbox_id)
-    if team_id is None or not principal.can_read_team(team_id):
+    """Per-minute cpu and memory of one team's sandbox, for a key that may read the team
+    (others: not found). Every query names the team: another team's sandbox of the same id
+    never shows."""
+    if not principal.can_read_team(team_id):
         if principal.role not in ("team", "finance", "admin"):
             principal.require("team", "finance")
+        raise NotFound(f"no sandbox {sandbox_id}")
+    if not repo.has_sandbox(session, team_id, sandbox_id):
         raise NotFound(f"no sandbox {sandbox_id}")
     now = now_ms_truncated()
     hi = end or now + timedelta(minutes=1)
@@ -257,7 +276,7 @@ def sandbox_metrics(
     if hi - lo > timedelta(days=31):
         raise BadRequest("start/end: at most 31 days of per-minute metrics at once")
     points = []
-    for row in repo.sandbox_metrics(session, sandbox_id, lo, hi):
+    for row in repo.sandbox_metrics(session, team_id, sandbox_id, lo, hi):
         minute, samples, cpu_n, cpu_sum, cpu_max, mem_n, mem_sum, mem_max = row
         points.append(MetricPoint(
             minute=rfc3339(minute), samples=int(samples),
