@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from billing.accounts import models as _accounts  # noqa: F401
 from billing.credits import models as _credits  # noqa: F401
+from billing.dashboard import models as _dashboard  # noqa: F401
 from billing.invoices import models as _invoices  # noqa: F401
 from billing.plans import models as _plans  # noqa: F401
 from billing.stripe_sync import models as _stripe  # noqa: F401

@@ -3,7 +3,7 @@ dashboard also calls in-process (with the signed-in key's principal)."""
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,7 @@ from metering.api.deps import aware, team_reader
 from metering.auth.service import Principal
 from metering.core.clock import rfc3339, utc_now
 from metering.core.limits import LIMIT_FIELDS
-from metering.core.money import fmt_minor
+from metering.core.money import fmt_minor, minor_unit
 from metering.errors import BadRequest, NotFound
 from metering.teams.models import Team
 
@@ -57,9 +57,22 @@ def read_team(session: Session, principal: Principal, team_id: str) -> TeamOut:
     return team_out(session, get_team_or_404(session, team_id))
 
 
+def whole_minor_units(amount: Decimal, name: str, currency: str = "usd") -> None:
+    """Money set by a person is whole cents: a fraction of a cent would be kept silently
+    rounded, or turn a limit into zero."""
+    try:
+        whole = amount == amount.quantize(minor_unit(currency))
+    except InvalidOperation:  # more digits than any amount of money has
+        whole = False
+    if not whole:
+        raise BadRequest(f"{name}: must be a whole number of cents ({currency}), got {amount}")
+
+
 def put_team(session: Session, team_id: str, body: TeamIn) -> TeamOut:
     if len(team_id) > 128 or not team_id:
         raise BadRequest("team_id: 1 to 128 characters")
+    if body.spend_limit is not None:
+        whole_minor_units(body.spend_limit, "spend_limit")
     at = aware(body.effective_at, "effective_at") or utc_now()
     team = plans.put_team(session, team_id, plans.TeamUpdate(
         name=body.name, email=body.email, plan=body.plan, effective_at=at,
@@ -79,6 +92,7 @@ def grant_out(g: credit_repo.GrantBalance) -> GrantOut:
 
 def grant(session: Session, team_id: str, body: CreditIn, idempotency_key: str | None
           ) -> GrantOut:
+    whole_minor_units(body.amount, "amount")
     get_team_or_404(session, team_id)
     grant_id = credits.grant_credit(
         session, team_id, body.amount, at=utc_now(),

@@ -65,6 +65,11 @@ def verify(secret: bytes, claim: SessionClaim, key_digest: str, now_unix: int) -
     return hmac.compare_digest(expected, claim.mac)
 
 
+def session_digest(claim: SessionClaim) -> str:
+    """What a sign-out records of a session: a digest of its MAC, never the cookie."""
+    return hashlib.sha256(claim.mac.encode()).hexdigest()
+
+
 def load_secret(configured: str | None, data_dir: Path) -> bytes:
     """The signing secret: the configured one, else one kept in the data directory (made once,
     atomically, so every process on the machine shares it), else - if that directory cannot be

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -112,6 +113,8 @@ def signed_in(request: Request, session: Session) -> Principal | None:
         return None
     if not cookies.verify(_secret(request), claim, row.digest, int(time.time())):
         return None
+    if repo.signed_out(session, cookies.session_digest(claim)):
+        return None
     return Principal(row.id, row.role, row.team_id)
 
 
@@ -210,9 +213,15 @@ def sign_in(request: Request, session: SessionDep, form: FormDep) -> Response:
 
 
 @router.post("/dashboard/sign-out")
-def sign_out(request: Request) -> Response:
+def sign_out(request: Request, session: SessionDep) -> Response:
     if not _same_origin(request):
         raise Forbidden("sign-out must come from this site's own pages")
+    claim = cookies.parse(request.cookies.get(cookies.COOKIE_NAME))
+    if claim is not None and signed_in(request, session) is not None:
+        # The cookie is signed, not stored: without this record a copy of it would keep
+        # working until it expires.
+        repo.record_sign_out(session, cookies.session_digest(claim),
+                             datetime.fromtimestamp(claim.expires_at, UTC))
     response = RedirectResponse("/dashboard/sign-in?signed_out=1", status_code=303)
     response.delete_cookie(cookies.COOKIE_NAME, path=cookies.COOKIE_PATH, secure=True,
                            httponly=True, samesite="lax")

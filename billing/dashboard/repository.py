@@ -37,6 +37,20 @@ def key_row(session: Session, key_id: str) -> KeyRow | None:
     return KeyRow(row.id, row.role, row.team_id, row.digest, row.revoked_at is not None)
 
 
+def signed_out(session: Session, session_digest: str) -> bool:
+    return session.execute(text(
+        "SELECT 1 FROM dashboard_sign_outs WHERE session_digest = :d"),
+        {"d": session_digest}).first() is not None
+
+
+def record_sign_out(session: Session, session_digest: str, expires_at: datetime) -> None:
+    """Refuse this session from now on; sessions past their expiry need no record."""
+    session.execute(text("DELETE FROM dashboard_sign_outs WHERE expires_at < now()"))
+    session.execute(text(
+        "INSERT INTO dashboard_sign_outs (session_digest, expires_at) VALUES (:d, :e) "
+        "ON CONFLICT DO NOTHING"), {"d": session_digest, "e": expires_at})
+
+
 # --- executions -----------------------------------------------------------------------------
 
 _EXECUTION_COLUMNS = """

@@ -32,11 +32,23 @@ CSV_COLUMNS = (
 )
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def neutralise_formula(text: str) -> str:
+    """A cell a spreadsheet would read as a formula is shown as text (a leading `'`):
+    one starting with `= + - @`, also after leading spaces or line breaks (which some
+    spreadsheets skip), or starting with a tab or line break."""
+    if text.startswith(_FORMULA_START) or text.lstrip(" \t\r\n").startswith(_FORMULA_START):
+        return "'" + text
+    return text
+
+
 def _text(value: str | None) -> str:
     """Free text (team ids come from events) never starts like a spreadsheet formula."""
     if not value:
         return ""
-    return "'" + value if value[0] in "=+-@\t\r" else value
+    return neutralise_formula(value)
 
 
 def csv_rows(session: Session, period: str) -> Iterator[list[str]]:

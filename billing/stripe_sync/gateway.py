@@ -18,6 +18,7 @@ import orjson
 import stripe
 
 from metering.config import Settings
+from metering.core.clock import utc_now
 from metering.errors import InvalidSignature
 
 FailureKind = Literal["transient", "rate_limited", "conflict", "declined", "invalid", "auth"]
@@ -338,6 +339,14 @@ def verify_event(payload: bytes, signature: str | None, secret: str,
     `tolerance_s`) and answer the event as a plain dict."""
     if not signature:
         raise InvalidSignature("missing Stripe-Signature header")
+    # Stripe's check refuses a stamp too old; one from the future is as suspect (a replay
+    # prepared in advance), so the tolerance applies both ways.
+    stamps = [part[2:] for part in signature.split(",") if part.strip().startswith("t=")]
+    if stamps and stamps[0].strip().isdigit():
+        ahead = int(stamps[0].strip()) - int(utc_now().timestamp())
+        if ahead > tolerance_s:
+            raise InvalidSignature(
+                f"timestamp is {ahead} s in the future; the tolerance is {tolerance_s} s")
     try:
         stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance=tolerance_s)
     except stripe.SignatureVerificationError as exc:

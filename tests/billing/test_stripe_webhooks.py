@@ -138,6 +138,19 @@ def test_forged_stale_and_missing_signatures_are_refused(
     assert post(http, recent)["outcome"] == "applied"
 
 
+def test_a_signature_stamped_in_the_future_is_refused(
+        http: TestClient, sessions: sessionmaker[Session], gateway: StripeGateway,
+        double: StripeDouble) -> None:
+    _, stripe_id = synced(sessions, gateway, double)
+    event = double.pay_invoice(stripe_id, deliver=False)
+    ahead = double.sign_event(event, timestamp=int(time.time()) + 86_400)
+    response = http.post(WEBHOOK, content=ahead.payload, headers=ahead.headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_signature"
+    assert "future" in response.json()["error"]["message"]
+    assert stored_events(sessions) == []
+
+
 # ---- once, in any order --------------------------------------------------------------------
 
 
