@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 OUTPUT = Path("docs/api.md")
 METHODS = ("get", "put", "post", "delete", "patch")
 # Errors every authenticated endpoint can answer; listed once under Conventions.
-COMMON_ERRORS = ("400", "401", "403", "404", "409", "422", "503")
+COMMON_ERRORS = ("400", "401", "403", "404", "409", "422", "429", "503")
 
 INTRO = """\
 # The HTTP API
@@ -135,10 +136,26 @@ def _body(op: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _responses(op: dict[str, Any]) -> list[str]:
+def common_errors(document: dict[str, Any]) -> dict[str, str]:
+    """Each common error status with the description most endpoints give it (an endpoint
+    that answers it differently lists its own)."""
+    seen: dict[str, Counter[str]] = {}
+    for ops in document.get("paths", {}).values():
+        for method in METHODS:
+            op = ops.get(method)
+            if op and op.get("security"):
+                for status in COMMON_ERRORS:
+                    response = op.get("responses", {}).get(status)
+                    if response:
+                        seen.setdefault(status, Counter())[response.get("description", "")] += 1
+    return {status: counts.most_common(1)[0][0] for status, counts in seen.items()}
+
+
+def _responses(op: dict[str, Any], common: dict[str, str]) -> list[str]:
     lines = ["", "| status | answer |", "|---|---|"]
     for status, response in sorted(op.get("responses", {}).items()):
-        if status in COMMON_ERRORS and op.get("security"):
+        if (status in COMMON_ERRORS and op.get("security")
+                and response.get("description", "") == common.get(status)):
             continue
         content = response.get("content", {})
         shape = ", ".join(f"{type_of(c.get('schema', {}))}"
@@ -151,13 +168,14 @@ def _responses(op: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _operation(path: str, method: str, op: dict[str, Any]) -> list[str]:
+def _operation(path: str, method: str, op: dict[str, Any],
+               common: dict[str, str]) -> list[str]:
     lines = ["", f"### {method.upper()} `{path}`"]
     description = op.get("description", "").strip()
     lines += ["", description or str(op.get("summary", ""))]
     if not op.get("security"):
         lines += ["", "No API key."]
-    lines += _parameters(op) + _body(op) + _responses(op)
+    lines += _parameters(op) + _body(op) + _responses(op, common)
     return lines
 
 
@@ -181,15 +199,7 @@ def _schema(name: str, schema: dict[str, Any]) -> list[str]:
 def render(document: dict[str, Any]) -> str:
     """The Markdown reference of an OpenAPI document."""
     lines = [INTRO.rstrip("\n"), ""]
-    common: dict[str, str] = {}
-    for ops in document.get("paths", {}).values():
-        for method in METHODS:
-            op = ops.get(method)
-            if op and op.get("security"):
-                for status in COMMON_ERRORS:
-                    response = op.get("responses", {}).get(status)
-                    if response and status not in common:
-                        common[status] = response.get("description", "")
+    common = common_errors(document)
     lines += [f"  - `{status}`: {_cell(common[status])}" for status in sorted(common)]
     lines += ["", "## Endpoints", "", "| method | path | what it does |", "|---|---|---|"]
     groups: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
@@ -204,7 +214,7 @@ def render(document: dict[str, Any]) -> str:
     for tag, operations in groups.items():
         lines += ["", f"## {tag.capitalize()}"]
         for path, method, op in operations:
-            lines += _operation(path, method, op)
+            lines += _operation(path, method, op, common)
     schemas = document.get("components", {}).get("schemas", {})
     if schemas:
         lines += ["", "## Schemas"]

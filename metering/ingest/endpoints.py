@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from metering.api import bulkhead
 from metering.api.deps import authenticate, bearer
+from metering.api.errors import ErrorOut
 from metering.core.clock import utc_now
 from metering.db import run_transaction
 from metering.errors import PayloadTooLarge, Unauthorized
@@ -34,6 +35,7 @@ BATCH_EXAMPLE = [{
 }]
 BATCH_SCHEMA = {"type": "array", "items": {"type": "object"}, "maxItems": 10_000,
                 "example": BATCH_EXAMPLE}
+EVENT_SCHEMA = {"type": "object", "example": BATCH_EXAMPLE[0]}
 
 
 class EventErrorOut(BaseModel):
@@ -53,6 +55,15 @@ class IngestOut(BaseModel):
     duplicates: int
     rejected: int
     errors: list[EventErrorOut]
+
+
+SINGLE_EVENT_REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"model": IngestOut | ErrorOut, "description": "a single event (structured or "
+          "binary mode) refused, in the ingest answer's shape; or `invalid_request` (an "
+          "error): the body is not a batch or an event at all"},
+    409: {"model": IngestOut, "description": "a single event (structured or binary mode) "
+          "that conflicts with one stored under the same (source, id)"},
+}
 
 
 async def read_body(request: Request) -> bytes:
@@ -103,20 +114,31 @@ def _ingest(app_state: Any, token: str | None, batch: list[Any]) -> dict[str, An
 @router.post(
     "/v1/events",
     response_model=IngestOut,
-    summary="Ingest a batch of sandbox events",
+    summary="Ingest sandbox events (CloudEvents: batched, structured or binary mode)",
+    responses=SINGLE_EVENT_REFUSALS,
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/cloudevents-batch+json": {"schema": BATCH_SCHEMA},
         "application/json": {"schema": BATCH_SCHEMA},
+        "application/cloudevents+json": {"schema": EVENT_SCHEMA},
     }}},
 )
 async def post_events(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Response:
-    """Store a CloudEvents batch. Idempotent on (source, id); answers after commit.
+    """Store CloudEvents, in any mode of the CloudEvents HTTP binding. Idempotent on
+    (source, id); answers after everything accepted is committed.
 
-    The hot path of the service: the body is read on the event loop, then one hop to a
-    worker thread does everything that touches the database.
+    - **batched**: a JSON array, `Content-Type: application/cloudevents-batch+json` (or
+      `application/json`); up to 10,000 events and 10 MiB;
+    - **structured**: one event object, `Content-Type: application/cloudevents+json`;
+    - **binary**: the attributes in `ce-specversion`, `ce-id`, `ce-source`, `ce-type`,
+      `ce-subject` and `ce-time` headers, the event's `data` as a JSON body.
+
+    The answer has the same shape in every mode. A batch answers `200` with an error per
+    refused event (its index, code and message): one bad event never blocks the others. A
+    single event (structured or binary) answers `200` when accepted or a duplicate, and
+    `400` (`409` for a conflict) with the same body when refused.
     """
     if credentials is None:
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")
