@@ -121,8 +121,12 @@ def canonical_json(event: dict[str, Any]) -> bytes:
     (PostgreSQL text and jsonb cannot)."""
     try:
         canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        raise _Invalid("event: nested too deeply") from None
+    except orjson.JSONEncodeError as exc:
+        if "Integer" in str(exc):
+            raise _Invalid("event: an integer beyond 64 bits") from None
+        if "surrogates" in str(exc) or "UTF-8" in str(exc):
+            raise _Invalid("event: a string is not valid Unicode (a lone surrogate)") from None
+        raise _Invalid("event: nested too deeply (at most 254 levels)") from None
     if len(canonical) > MAX_EVENT_BYTES:
         raise _Invalid(f"event: at most {MAX_EVENT_BYTES} bytes of JSON")
     if b"\\u0000" in canonical and _NUL.search(canonical):
@@ -311,6 +315,10 @@ def _echoed_id(raw: Any) -> str | None:
     """The event's id as the answer may repeat it: only a plain, bounded string."""
     raw_id = raw.get("id") if type(raw) is dict else None
     if type(raw_id) is not str or len(raw_id) > MAX_ID or "\x00" in raw_id:
+        return None
+    try:
+        raw_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate: the answer could not carry it
         return None
     return raw_id
 

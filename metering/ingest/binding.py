@@ -10,6 +10,7 @@ its status differs (see `single_status`), because CloudEvents clients take any 2
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,13 @@ def _json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
+        error = exc
+    # orjson refuses numbers beyond a double (`1e400`); the standard library reads them, so
+    # that one such value is refused with its own event instead of failing the whole body.
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest(f"body is not JSON: {error}") from None
 
 
 def _binary(headers: Mapping[str, str], body: bytes, content_type: str) -> dict[str, Any]:
