@@ -145,14 +145,15 @@ def _cursor(after: str | None) -> tuple[datetime, str] | None:
 
 
 def _pages(session: Session, charge: Charge, after: tuple[datetime, str] | None,
-           stale_after: timedelta) -> Iterator[tuple[from_events.ExecutionUsage, Any]]:
+           stale_after: timedelta, batch: int = BATCH
+           ) -> Iterator[tuple[from_events.ExecutionUsage, Any]]:
     """The line's executions, newest start first, each with its position for a cursor."""
     if not charge.windows:
         return
     lo = min(w.start for w in charge.windows)
     hi = max(w.end for w in charge.windows)
     while True:
-        candidates = from_events.candidates(session, charge.team_id, lo, hi, BATCH, after)
+        candidates = from_events.candidates(session, charge.team_id, lo, hi, batch, after)
         if not candidates:
             return
         found = {u.execution_id: u for u in from_events.execution_usage(
@@ -162,7 +163,7 @@ def _pages(session: Session, charge: Charge, after: tuple[datetime, str] | None,
             usage = found.get(candidate.execution_id)
             if usage is not None and (usage.vcpu_ms or usage.mib_ms):
                 yield usage, candidate
-        if len(candidates) < BATCH:
+        if len(candidates) < batch:
             return
         last = candidates[-1]
         after = (last.start_at, last.execution_id)
@@ -173,7 +174,9 @@ def executions_page(session: Session, charge: Charge, settings: Settings, *, lim
     stale = timedelta(seconds=settings.stale_after_s)
     rows: list[dict[str, Any]] = []
     next_cursor = None
-    for usage, candidate in _pages(session, charge, _cursor(after), stale):
+    # A page's worth and a few more (some may hold nothing inside the line's time).
+    batch = min(limit + limit // 4 + 1, BATCH)
+    for usage, candidate in _pages(session, charge, _cursor(after), stale, batch):
         if len(rows) == limit:
             break
         rows.append(_row(charge, usage))

@@ -77,17 +77,20 @@ WITH ev AS (
       AND (CAST(:received_by AS timestamptz) IS NULL
            OR le.received_at <= CAST(:received_by AS timestamptz))
 ), marked AS (
+    -- One sort: the whole-partition figures share it with the order that puts the first
+    -- start event first.
     SELECT ev.*,
            min(ev.time) FILTER (WHERE ev.rank = 0) OVER w AS start_at,
            min(ev.time) FILTER (WHERE ev.rank = 2) OVER w AS end_at,
-           row_number() OVER (PARTITION BY ev.execution_id, ev.rank
-                              ORDER BY ev.time, ev.source, ev.id) AS nth
+           bool_or(ev.rank = 1) OVER w AS resized,
+           row_number() OVER (PARTITION BY ev.execution_id
+                              ORDER BY ev.rank <> 0, ev.time, ev.source, ev.id) AS nth
     FROM ev WINDOW w AS (PARTITION BY ev.execution_id)
 ), base AS (
     -- The first start (its allocation, defaulted) and every update, of executions that
     -- started before the end of what is read.
     SELECT m.execution_id, m.team_id, m.subject, m.template_id, m.rank, m.time, m.source,
-           m.id, m.start_at, m.end_at,
+           m.id, m.start_at, m.end_at, m.resized,
            CASE WHEN m.rank = 0 THEN coalesce(m.vcpu, 1) ELSE m.vcpu END AS vcpu,
            CASE WHEN m.rank = 0 THEN coalesce(m.mem, 0) ELSE m.mem END AS mem
     FROM marked m
@@ -106,6 +109,7 @@ WITH ev AS (
     FROM base b
     LEFT JOIN executions x ON x.execution_id = b.execution_id AND b.end_at IS NULL
 ), ordered AS (
+    -- Only executions resized by updates need ordering: the others are one segment.
     SELECT o.*,
            lead(o.t) OVER w AS next_t,
            count(o.vcpu) OVER w AS gv, count(o.mem) OVER w AS gm,
@@ -113,7 +117,7 @@ WITH ev AS (
            first_value(o.template_id) OVER w AS template,
            first_value(o.vcpu) OVER w AS vcpu0, first_value(o.mem) OVER w AS mem0
     FROM timed o
-    WHERE o.stop > CAST(:start AS timestamptz)
+    WHERE o.stop > CAST(:start AS timestamptz) AND o.resized
     WINDOW w AS (PARTITION BY o.execution_id ORDER BY o.t, o.rank, o.time, o.source, o.id)
 ), segs AS (
     -- A field an update leaves out keeps the value it had: the first of its run of nulls.
@@ -125,6 +129,11 @@ WITH ev AS (
                                     ORDER BY o.t, o.rank, o.time, o.source, o.id) AS mem,
            o.t AS lo, least(coalesce(o.next_t, o.stop), o.stop) AS hi
     FROM ordered o
+    UNION ALL
+    SELECT t.execution_id, t.team_id, t.subject, t.template_id, t.start_at, t.stop,
+           t.inferred, t.running, t.vcpu, t.mem, t.vcpu, t.mem, t.start_at, t.stop
+    FROM timed t
+    WHERE t.stop > CAST(:start AS timestamptz) AND NOT t.resized
 ), windows AS (
     SELECT * FROM unnest(CAST(:w_team AS text[]), CAST(:w_lo AS timestamptz[]),
                          CAST(:w_hi AS timestamptz[]), CAST(:w_index AS int[]))
