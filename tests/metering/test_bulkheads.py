@@ -115,3 +115,47 @@ def test_reads_cannot_take_the_orchestrators_connections(
     finally:
         for connection in held:
             connection.close()
+
+
+def test_a_key_with_its_requests_in_flight_used_up_gets_429() -> None:
+    """One request of the key is held inside the app: the next one of the same key is refused
+    at once, another key's goes through, and once the first ends the key may ask again."""
+    import asyncio
+    from types import SimpleNamespace
+
+    settings = Settings(database_url=None, run_scheduler=False,
+                        key_limits={"unresolved": KeyLimit(concurrency=1)})
+    release = asyncio.Event()
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        if scope["path"] == "/v1/teams/slow":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    guard = throttle.Throttle(app, settings)
+    state = SimpleNamespace(settings=settings)
+
+    async def call(path: str, token: str) -> int:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "path": path, "app": SimpleNamespace(state=state),
+                 "headers": [(b"authorization", f"Bearer {token}".encode())]}
+        await guard(scope, None, send)  # type: ignore[arg-type]
+        return int(sent[0]["status"])
+
+    async def scenario() -> list[int]:
+        throttle.forget_all()
+        held = asyncio.create_task(call("/v1/teams/slow", "key-a"))
+        await asyncio.sleep(0)  # the held request is inside the app now
+        second = await call("/v1/teams/fast", "key-a")
+        other = await call("/v1/teams/fast", "key-b")
+        release.set()
+        first = await held
+        again = await call("/v1/teams/fast", "key-a")
+        return [first, second, other, again]
+
+    assert asyncio.run(scenario()) == [200, 429, 200, 200]
