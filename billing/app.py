@@ -64,7 +64,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(status_code=exc.status_code, content=exc.body())
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The key comes first: a request without one learns that, not what its body lacks
+        # (FastAPI judges a body that is not JSON before any dependency runs).
+        path = request.url.path
+        if (path.startswith("/v1/") and path != "/v1/stripe/webhook"
+                and "authorization" not in request.headers):
+            return _error(401, "unauthorized", "missing API key: send Authorization: Bearer <key>")
         message, problems = _validation_message(exc)
         return _error(422, "invalid_request", message, fields=problems)
 

@@ -39,6 +39,9 @@ def test_an_admission_without_a_key_is_401_before_its_body_is_judged(
         response = client.post("/v1/admissions", json=body)
         assert response.status_code == 401, response.text
         assert response.json()["error"]["code"] == "unauthorized"
+    not_json = client.post("/v1/admissions", content=b"{not json",
+                           headers={"content-type": "application/json"})
+    assert not_json.status_code == 401
 
 
 def test_a_dashboard_session_ends_at_sign_out(
