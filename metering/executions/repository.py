@@ -166,15 +166,19 @@ def store_recomputed(session: Session, items: Sequence[Recomputed]) -> None:
 
 # The hourly contribution of settled executions, times :sign (+1 add, -1 subtract),
 # appended: no row is shared with a concurrent batch (a team's current hour would be).
-# The segments are found by id first (materialized, so no plan walks a team-ordered index
-# to feed the grouping: without statistics, PostgreSQL chose that and read every segment).
+# Each id is looked up by key (the fences keep it so: without statistics, PostgreSQL chose to
+# walk a team-ordered index, or hash all executions, and read every row to find a few).
 _ROLLUP_DELTA = text("""
 WITH seg AS MATERIALIZED (
     SELECT s.team_id, s.start_at, coalesce(s.end_at, e.inferred_end_at) AS seg_end,
            s.vcpu, s.memory_mib
-    FROM execution_segments s JOIN executions e ON e.execution_id = s.execution_id
-    WHERE s.execution_id = ANY(CAST(:ids AS text[]))
-      AND (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)
+    FROM unnest(CAST(:ids AS text[])) AS k(execution_id)
+    CROSS JOIN LATERAL (SELECT end_at, inferred_end_at FROM executions
+                        WHERE execution_id = k.execution_id OFFSET 0) e
+    CROSS JOIN LATERAL (SELECT team_id, start_at, end_at, vcpu, memory_mib
+                        FROM execution_segments
+                        WHERE execution_id = k.execution_id OFFSET 0) s
+    WHERE e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL
 )
 INSERT INTO usage_rollup_deltas (team_id, hour, vcpu_ms, mib_ms)
 SELECT s.team_id, h.hour,
