@@ -61,6 +61,8 @@ BLOCK = 1000  # sandboxes per ingest batch
 AHEAD_S = 2.0  # a second's batches are built this long before they are due
 GIVE_UP_S = 60.0  # a batch this late is dropped (counted) instead of sent
 HELD = 0.98
+JOBS_SHOWN = frozenset({"enforce_limits", "refresh_liveness", "fold_samples", "settle_stale",
+                        "fold_rollup_deltas", "deliver_webhooks"})
 
 
 # --------------------------------------------------------------------------- the plan
@@ -419,6 +421,10 @@ def scrape(base: str) -> dict[str, float]:
                 found[f"skipped {sample.labels['job']}/{sample.labels['why']}"] = sample.value
             elif sample.name == "metering_job_failures_total":
                 found[f"failed {sample.labels['job']}"] = sample.value
+            elif sample.name in ("metering_job_duration_seconds_sum",
+                                 "metering_job_duration_seconds_count"):
+                kind = "sum" if sample.name.endswith("_sum") else "count"
+                found[f"{kind} {sample.labels['job']}"] = sample.value
     return found
 
 
@@ -558,6 +564,7 @@ def main() -> None:
         cpu_per_event: list[tuple[int, float, float, float, float]] = []
         replaced = 0
         counters: dict[str, float] = {}
+        last_scrape: dict[str, float] = {}
         for minute in range(minutes):
             end = start + min((minute + 1) * 60, plan.seconds)
             while time.time() < end + 1.5:  # the load processes forward every second
@@ -584,7 +591,19 @@ def main() -> None:
             per_event = [u / max(acknowledged, 1) * 1e6 for u in used]
             cpu_per_event.append((minute, *per_event))
             held.append((minute, offered / span, acknowledged / span))
-            counters = scrape(base)
+            scraped = scrape(base)
+            # Mean run time of each job this minute, from the service's own histogram.
+            runs = {}
+            for key, value in scraped.items():
+                if key.startswith("count "):
+                    job = key[6:]
+                    count = value - last_scrape.get(key, 0.0)
+                    spent = scraped.get(f"sum {job}", 0.0) - last_scrape.get(f"sum {job}", 0.0)
+                    if count > 0 and job in JOBS_SHOWN:
+                        runs[job] = (count, spent / count)
+            last_scrape = scraped
+            counters = {k: v for k, v in scraped.items()
+                        if k.startswith(("skipped ", "failed "))}
             parts = []
             for endpoint in sorted(latencies):
                 p99 = percentile(latencies[endpoint], 0.99) * 1000
@@ -606,6 +625,8 @@ def main() -> None:
                   + (f"; API processes replaced {replaced}" if replaced else "")
                   + (f"; {', '.join(f'{k} {v:.0f}' for k, v in sorted(counters.items()))}"
                      if counters else "; no skipped or failed job runs")
+                  + "; jobs " + ", ".join(f"{job} {n:.0f} runs of {mean * 1000:.0f} ms"
+                                          for job, (n, mean) in sorted(runs.items()))
                   + "; " + "; ".join(parts), flush=True)
         stop.set()
         for loader in loaders:

@@ -222,7 +222,10 @@ def _judge_team(
 
 
 # One per process: what this worker's sweeps learnt about each team (see `watch.py`).
-WATCH = Watchlist(credit_thresholds=CREDIT_THRESHOLDS, spend_thresholds=SPEND_LIMIT_THRESHOLDS)
+# Budgets well inside the 1-second cadence, counted from the sweep's start: reading 20,000
+# running sandboxes on a busy database takes a few hundred milliseconds of it.
+WATCH = Watchlist(credit_thresholds=CREDIT_THRESHOLDS, spend_thresholds=SPEND_LIMIT_THRESHOLDS,
+                  look_budget_s=0.35, limits_budget_s=0.15)
 
 
 _TeamToJudge = tuple[str, list[RunningExecution], Allocation, tuple[int, datetime] | None]
