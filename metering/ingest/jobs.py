@@ -19,7 +19,7 @@ from metering.core.clock import utc_now
 from metering.db import transaction
 from metering.ingest import partitions, slices
 from metering.ingest import repository as ingest_repo
-from metering.ingest.service import FOLD_AGE, FOLD_SAFE_AGE
+from metering.ingest.service import FOLD_AGE
 from metering.scheduling import VACUUM_EVERY, Every, JobEntry, vacuum
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,13 @@ def refresh_liveness_paced(sessions: sessionmaker[Session], stale_after_s: int =
             vacuum(sessions, "liveness_log")
 
 
-# Minute slices of pending samples are made from the oldest minute ingest takes as fresh to
-# past the farthest future an event may carry (`METERING_FUTURE_TOLERANCE_S`, 5 minutes by
-# default); samples outside them go to the default partition, which is folded row by row.
-SLICES_BEHIND = FOLD_SAFE_AGE
-SLICES_AHEAD = timedelta(minutes=10)
+# Minute slices of pending samples are made a minute past the farthest future an event may
+# carry (`METERING_FUTURE_TOLERANCE_S`) and up to this much beyond it; samples outside them
+# go to the default partition, which is folded row by row.
+SLICES_BEYOND = timedelta(minutes=5)
 
 
-def fold_samples(sessions: sessionmaker[Session]) -> int:
+def fold_samples(sessions: sessionmaker[Session], future_tolerance_s: int = 300) -> int:
     """Fold pending samples older than three minutes into minute rows: each minute slice past
     the watermark whole (then dropped), then the default partition's samples past it. Never
     folds fresher samples: ingest relies on it. Makes the slices ahead first. (Liveness does
@@ -107,7 +106,8 @@ def fold_samples(sessions: sessionmaker[Session]) -> int:
     now = utc_now()
     watermark = now.replace(second=0, microsecond=0) - FOLD_AGE
     with transaction(sessions) as session:
-        slices.ensure_ahead(session, now, SLICES_BEHIND, SLICES_AHEAD)
+        lead = timedelta(seconds=future_tolerance_s)
+        slices.ensure_ahead(session, now, lead, lead + SLICES_BEYOND)
         due = slices.due(session, watermark)
     moved_total = discarded_total = 0
     for start in due:
@@ -171,6 +171,7 @@ def schedule(sessions: sessionmaker[Session], settings: Settings) -> list[JobEnt
     return [
         JobEntry("refresh_liveness", max(settings.fold_interval_s / 2, 1.0),
                  lambda: refresh_liveness_paced(sessions, settings.stale_after_s)),
-        JobEntry("fold_samples", settings.fold_interval_s * 6, lambda: fold_samples(sessions)),
+        JobEntry("fold_samples", settings.fold_interval_s * 6,
+                 lambda: fold_samples(sessions, settings.future_tolerance_s)),
         JobEntry("sample_partitions", 3600.0, lambda: maintain_sample_partitions(sessions)),
     ]

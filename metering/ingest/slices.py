@@ -8,11 +8,12 @@ INSERT … SELECT, then drops it (or empties it with TRUNCATE when the drop woul
 minute of samples costs the fold is in proportion to that minute, and no dead rows are left
 for VACUUM. Only the default partition is folded with DELETE, and it holds little.
 
-Slices are made ahead (`ensure_ahead`, by the fold every run): from the oldest minute ingest
-still takes as fresh to the farthest future an event may carry, with margin. Each is made as a
-standalone table and attached (the parent locked SHARE UPDATE EXCLUSIVE: ingest goes on);
-attaching scans the default partition for rows of that minute, and a minute the default
-already holds rows of is left to it.
+Slices are made ahead (`ensure_ahead`, by the fold every run), only for minutes past the
+farthest future an event may carry: no insert can be routing a row into a minute while its
+slice is attached. Each is made as a standalone table and attached (the parent locked SHARE
+UPDATE EXCLUSIVE: ingest goes on); attaching scans the default partition for rows of that
+minute, and a minute the default already holds rows of is left to it. So after a start, the
+first minutes' samples are in the default partition.
 
 Locks, so that any number of API processes and workers can run:
 - `SLICE_LOCK` (transaction advisory lock) serialises making and dropping slices;
@@ -113,11 +114,14 @@ def ensure(session: Session, starts: Iterable[datetime]) -> list[datetime]:
     return made
 
 
-def ensure_ahead(session: Session, now: datetime, behind: timedelta,
+def ensure_ahead(session: Session, now: datetime, lead: timedelta,
                  ahead: timedelta) -> list[datetime]:
-    """Slices from `behind` before now to `ahead` after it."""
-    first = minute_floor(now - behind)
-    count = int((ahead + behind) / SLICE) + 1
+    """Slices of the minutes from `lead` after now to `ahead` after it. `lead` is past the
+    farthest future an event may carry: a slice is attached only while no insert can route a
+    row into its minute (an insert that routed one to the default partition just before would
+    fail the default's new constraint)."""
+    first = minute_floor(now + lead) + SLICE
+    count = int((ahead - lead) / SLICE)
     return ensure(session, (first + i * SLICE for i in range(count)))
 
 

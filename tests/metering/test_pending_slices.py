@@ -35,11 +35,15 @@ def one(sessions: sessionmaker[Session], sql: str, **params: object) -> object:
 def test_a_minute_is_folded_whole_its_slice_dropped_and_late_samples_count_once(
     sessions: sessionmaker[Session],
 ) -> None:
-    jobs.fold_samples(sessions)  # makes the slices ahead
+    now = utc_now()
+    jobs.fold_samples(sessions)  # makes slices past the farthest future an event may carry
+    with transaction(sessions) as session:
+        made = slices.attached(session)
+    assert made and min(made) > now + timedelta(seconds=300)
+    clock.set_offset(timedelta(minutes=8))  # into the minutes made ahead
     minute = slices.minute_floor(utc_now() - timedelta(seconds=30))
     name = slices.slice_name(minute)
-    with transaction(sessions) as session:
-        assert minute in slices.attached(session)
+    assert minute in made
     samples = [event("host_stats", time=iso(minute + timedelta(seconds=s)), cpu_pct=s,
                      id=f"s{s}") for s in range(0, 60, 10)]
     assert send(sessions, [event("created", time=iso(minute), vcpu=1, memory_mib=512),
@@ -47,7 +51,7 @@ def test_a_minute_is_folded_whole_its_slice_dropped_and_late_samples_count_once(
     assert one(sessions, f'SELECT count(*) FROM "{name}"') == 6
     assert send(sessions, samples[:2]) == (0, 2)  # a retry, while pending
 
-    clock.set_offset(timedelta(minutes=5))
+    clock.set_offset(timedelta(minutes=13))
     jobs.fold_samples(sessions)
     assert one(sessions, "SELECT to_regclass(:n) IS NULL", n=name) is True
     assert one(sessions, "SELECT count(*) FROM host_stats_pending") == 0
