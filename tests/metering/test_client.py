@@ -132,7 +132,9 @@ def test_answers_lost_after_the_commit_come_back_as_duplicates_not_double_counts
     with fast_client(proxy.url, api_keys.ingest, max_batch=1000) as client:
         for e in events:
             client.emit(e)
-        wait_until(lambda: stored(engine) == (6, 294))  # the service has every event ...
+        # The service has every event and the client has tried again, so the first answer
+        # was swallowed (not merely late) before answers flow again.
+        wait_until(lambda: stored(engine) == (6, 294) and client.stats().retries > 0)
         assert client.stats().acknowledged == 0  # ... and the client has heard of none
         proxy.drop_responses(False)
         assert client.flush(30)
