@@ -165,17 +165,23 @@ class Connection:
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        try:
-            if self.streams is None:
-                self.streams = await asyncio.open_connection(self.host, self.port)
-            reader, writer = self.streams
-            writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            return await asyncio.wait_for(read_response(reader), 120)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
-            if self.streams is not None:
-                self.streams[1].close()
-            self.streams = None
-            return 0, b""
+        """A connection the server closed while it sat idle (keep-alive timeout) fails on
+        reuse before the server read anything: that request is sent once more on a new one."""
+        for _ in range(2):
+            reused = self.streams is not None
+            try:
+                if self.streams is None:
+                    self.streams = await asyncio.open_connection(self.host, self.port)
+                reader, writer = self.streams
+                writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                return await asyncio.wait_for(read_response(reader), 120)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+                if self.streams is not None:
+                    self.streams[1].close()
+                self.streams = None
+                if not reused:
+                    break
+        return 0, b""
 
 
 async def _sleep_until(moment: float) -> None:
