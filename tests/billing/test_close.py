@@ -39,7 +39,7 @@ HOUR = 3600
 
 
 def include_router(app: FastAPI) -> None:
-    """Until the lead wires the router into create_app, add it to the test app once."""
+    """Add the invoices router to the test app once, if the app lacks it."""
     # Routers are included lazily (no route paths to look at): ask the OpenAPI document.
     if "/v1/invoices/{invoice_id}" not in app.openapi()["paths"]:
         app.include_router(router)

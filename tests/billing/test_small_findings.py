@@ -6,7 +6,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from billing.dashboard.endpoints import router as dashboard_router
 from billing.invoices.export import neutralise_formula
 from tests.conftest import Keys
 
@@ -47,8 +46,6 @@ def test_an_admission_without_a_key_is_401_before_its_body_is_judged(
 def test_a_dashboard_session_ends_at_sign_out(
     app: FastAPI, client: TestClient, api_keys: Keys
 ) -> None:
-    if not any(getattr(r, "path", "").startswith("/dashboard") for r in app.routes):
-        app.include_router(dashboard_router)
     with TestClient(app, base_url="https://testserver", follow_redirects=False) as web:
         assert web.post("/dashboard/sign-in", data={"key": api_keys.finance}).status_code == 303
         cookie = web.cookies.get("metering_dashboard")

@@ -254,11 +254,8 @@ def test_refused_events_are_counted_and_handed_to_the_dead_letter_hook(
 def test_admissions_and_the_kill_order_feed(
     live_server: LiveServer, api_keys: Keys, app: FastAPI, sessions: sessionmaker[Session]
 ) -> None:
-    from metering.enforcement.endpoints import router
     from metering.enforcement.service import KillDecision, issue_kill_orders
 
-    if not any(getattr(r, "path", None) == "/v1/enforcement/actions" for r in app.routes):
-        app.include_router(router)  # until the composition root serves the feed
     with fast_client(live_server.url, api_keys.ingest) as client:
         first = client.admit("team_adm", "sbx_a", vcpu=2, memory_mib=1024)
         again = client.admit("team_adm", "sbx_a", vcpu=2, memory_mib=1024)

@@ -30,7 +30,6 @@ from metering.core.money import UnitPrices
 from metering.db import transaction
 from metering.enforcement import jobs as jobs_enforcement
 from metering.enforcement import service
-from metering.enforcement.endpoints import router
 from metering.enforcement.watch import (
     MoneyPosition,
     TeamTerms,
@@ -102,8 +101,6 @@ def fresh_watch() -> Iterator[None]:
 def feed_app(database_url: str, engine: Engine) -> FastAPI:
     app = create_app(Settings(database_url=None, run_scheduler=False),
                      database_url=database_url, migrate_on_start=False)
-    if not any(getattr(r, "path", None) == "/v1/enforcement/actions" for r in app.routes):
-        app.include_router(router)
     return app
 
 

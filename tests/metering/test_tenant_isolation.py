@@ -10,7 +10,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing.dashboard.endpoints import router as dashboard_router
 from tests.conftest import Keys, event
 
 T0 = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
@@ -63,8 +62,6 @@ def test_each_team_sees_only_its_own_sandbox_of_a_shared_id(
 def test_the_dashboard_shows_each_team_its_own_sandbox(
     app: FastAPI, client: TestClient, api_keys: Keys, sessions: sessionmaker[Session],
 ) -> None:
-    if not any(getattr(r, "path", "").startswith("/dashboard") for r in app.routes):
-        app.include_router(dashboard_router)
     run_shared_sandbox(client, api_keys)
     key_b = api_keys.team(sessions, "team_b")
     with TestClient(app, base_url="https://testserver", follow_redirects=False) as web:
