@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 class JobEntry(NamedTuple):
     name: str
-    interval_s: float
+    interval_s: float  # float-ok: a schedule, not money
     run: Callable[[], object]
 
 

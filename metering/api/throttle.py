@@ -81,10 +81,10 @@ class KeyState:
         if found is None:
             if len(self._buckets) > _MAX_REMEMBERED:
                 self._buckets = {k: b for k, b in self._buckets.items() if b.in_flight}
-            found = _Bucket(float(max(limit.burst, 1)), now)
+            found = _Bucket(float(max(limit.burst, 1)), now)  # float-ok: tokens, not money
             self._buckets[fp] = found
         elif limit.rate:
-            capacity = float(max(limit.burst, 1))
+            capacity = float(max(limit.burst, 1))  # float-ok
             found.tokens = min(capacity, found.tokens + (now - found.at) * limit.rate)
             found.at = now
         return found
