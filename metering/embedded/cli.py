@@ -28,9 +28,7 @@ def _command_of(pid: int) -> str:
 def cmd_status(_: argparse.Namespace) -> int:
     settings = get_settings()
     if settings.database_url:
-        from billing.terminal import describe_database
-
-        print(f"DATABASE_URL is set: the service uses {describe_database(settings)}; "
+        print(f"DATABASE_URL is set: the service uses {embedded.describe_database(settings)}; "
               "the embedded PostgreSQL is not used.")
         return 0
     state = embedded.status(settings.data_dir)
