@@ -10,12 +10,13 @@ e.g. by tests of metering alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
+from psycopg.rows import TupleRow
 from sqlalchemy.orm import Session
 
 from metering.config import get_settings
@@ -49,13 +50,23 @@ class Standing:
     currency: str = "usd"
 
 
+class TeamRead:
+    """Billing's reading of a team, made by its `Prefetch` from the row its statement answered.
+
+    Metering never looks inside: it carries the read back to `Billing.admission` (or
+    `admission_from_read`), where billing's own subclass is what it gets."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Prefetch:
     """One statement the billing side wants sent with an admission's own reads, in the same
-    round trip (driver paramstyle: `%(name)s`); its first row comes back to `admission`."""
+    round trip (driver paramstyle: `%(name)s`), and billing's reading of its first row."""
 
     sql: str
-    params: Mapping[str, Any]
+    params: Mapping[str, object]
+    read: Callable[[TupleRow], TeamRead]
 
 
 class Billing(Protocol):
@@ -71,19 +82,19 @@ class Billing(Protocol):
         """The read of the team that `admission` can start from, if any."""
         ...
 
-    def admission_from_row(
-        self, team_id: str, now: datetime, prefetched: Any
+    def admission_from_read(
+        self, team_id: str, now: datetime, prefetched: TeamRead | None
     ) -> tuple[TeamLimits, Standing] | None:
-        """`admission` from the prefetched row alone, without any I/O, where that is enough
+        """`admission` from the prefetched read alone, without any I/O, where that is enough
         (no credit or spend to add up); None where it needs the database."""
         ...
 
     def admission(
-        self, session: Session, team_id: str, now: datetime, prefetched: Any = None
+        self, session: Session, team_id: str, now: datetime, prefetched: TeamRead | None = None
     ) -> tuple[TeamLimits, Standing]:
         """Limits and standing for an admission decision, computing only what the decision
         needs (credit only where it is enforced, spend only under a limit). `prefetched` is
-        the row of `admission_prefetch`'s statement when the caller ran it."""
+        the read of `admission_prefetch`'s statement when the caller ran it."""
         ...
 
     def teams_created(self, session: Session, team_ids: Sequence[str], at: datetime) -> None:
@@ -113,13 +124,13 @@ class DefaultBilling:
     def admission_prefetch(self, team_id: str) -> Prefetch | None:
         return None
 
-    def admission_from_row(
-        self, team_id: str, now: datetime, prefetched: Any
+    def admission_from_read(
+        self, team_id: str, now: datetime, prefetched: TeamRead | None
     ) -> tuple[TeamLimits, Standing] | None:
         return None  # the threaded path; subclasses in tests override `admission`
 
     def admission(
-        self, session: Session, team_id: str, now: datetime, prefetched: Any = None
+        self, session: Session, team_id: str, now: datetime, prefetched: TeamRead | None = None
     ) -> tuple[TeamLimits, Standing]:
         return self.limits(session, team_id, now), self.standing(session, team_id, now)
 

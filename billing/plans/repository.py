@@ -7,14 +7,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
+from psycopg.rows import TupleRow
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.core.plan_versions import Assignment, Version
 from billing.plans.models import AddOnRow, LimitOverrideRow, Plan, PlanVersion, TeamPlan
 from metering.core.limits import AddOn, LimitOverride, PlanLimits
+from metering.plugins import TeamRead
 
 # Plan versions change rarely and are read on every admission: each process keeps them for a
 # few seconds (a new version is normally effective in the future anyway).
@@ -107,8 +108,9 @@ def add_assignment(session: Session, team_id: str, plan_code: str, at: datetime)
 
 
 @dataclass(frozen=True, slots=True)
-class TeamContext:
-    """Everything about a team that limits and standing need, read in one round trip."""
+class TeamContext(TeamRead):
+    """Everything about a team that limits and standing need, read in one round trip (also
+    billing's read of a team in an admission's first round trip)."""
 
     assignments: list[Assignment]
     overrides: list[LimitOverride]
@@ -143,7 +145,8 @@ def team_context(session: Session, team_id: str) -> TeamContext:
         session.connection().exec_driver_sql(CONTEXT_SQL, {"t": team_id}).one())
 
 
-def context_from_row(row: Any) -> TeamContext:
+def context_from_row(row: TupleRow) -> TeamContext:
+    """The team from a row of `CONTEXT_SQL`."""
     assignments = [Assignment(p, datetime.fromisoformat(at)) for p, at in (row[0] or [])]
     overrides = [LimitOverride(max_execution_s=o[0], concurrency=o[1], starts_per_second=o[2],
                                max_vcpu=o[3], max_memory_mib=o[4], max_disk_mib=o[5],

@@ -26,7 +26,7 @@ from metering.core.money import UnitPrices, add, fmt, fmt_minor
 from metering.core.pricing import PriceSchedule
 from metering.db import pipeline
 from metering.errors import BadRequest, NotFound
-from metering.plugins import Prefetch, Standing, TeamLimits
+from metering.plugins import Prefetch, Standing, TeamLimits, TeamRead
 from metering.teams.models import Team
 
 
@@ -41,6 +41,13 @@ def _limits_of(version: core.Version, ctx: repo.TeamContext, at: datetime) -> Te
     """The version's limits with the team's overrides and add-ons at `at`."""
     limits = effective_limits(version.limits, ctx.overrides, ctx.addons, at)
     return TeamLimits(version.plan_code, limits, version.credit_enforced)
+
+
+def _own(read: TeamRead | None) -> repo.TeamContext | None:
+    """Billing's read of a team, back from metering's admission round trip."""
+    if read is None or isinstance(read, repo.TeamContext):
+        return read
+    raise TypeError(f"not billing's read of a team: {type(read).__name__}")
 
 
 class PlanBilling:
@@ -73,18 +80,18 @@ class PlanBilling:
         return self.view(session, team_id, now)[1]
 
     def admission_prefetch(self, team_id: str) -> Prefetch:
-        return Prefetch(repo.CONTEXT_SQL, {"t": team_id})
+        return Prefetch(repo.CONTEXT_SQL, {"t": team_id}, repo.context_from_row)
 
-    def admission_from_row(
-        self, team_id: str, now: datetime, prefetched: Any
+    def admission_from_read(
+        self, team_id: str, now: datetime, prefetched: TeamRead | None
     ) -> tuple[TeamLimits, Standing] | None:
         """Enough for a team whose plan stops at no credit and that has no spend limit: its
-        limits and block come from the row, and nothing is to be added up. Plan versions come
+        limits and block come from the read, and nothing is to be added up. Plan versions come
         from this process's cache; when it has expired, None (the threaded path reads them)."""
         versions = repo.cached_versions()
-        if versions is None or prefetched is None:
+        ctx = _own(prefetched)
+        if versions is None or ctx is None:
             return None
-        ctx = repo.context_from_row(prefetched)
         version = _version_in(versions, ctx, now)
         if version.credit_enforced or ctx.spend_limit is not None:
             return None
@@ -97,10 +104,9 @@ class PlanBilling:
         return _limits_of(version, ctx, now), standing
 
     def admission(
-        self, session: Session, team_id: str, now: datetime, prefetched: Any = None
+        self, session: Session, team_id: str, now: datetime, prefetched: TeamRead | None = None
     ) -> tuple[TeamLimits, Standing]:
-        ctx = repo.context_from_row(prefetched) if prefetched is not None else None
-        return self.view(session, team_id, now, full=False, ctx=ctx)
+        return self.view(session, team_id, now, full=False, ctx=_own(prefetched))
 
     def view(
         self, session: Session, team_id: str, now: datetime, full: bool = True,

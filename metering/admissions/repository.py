@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from metering.db import driver
-from metering.plugins import Prefetch
+from metering.plugins import Prefetch, TeamRead
 from metering.usage import running
 
 _KEY = "SELECT role, revoked_at FROM api_keys WHERE digest = %(digest)s"
@@ -64,30 +64,43 @@ _PURGE = text("DELETE FROM leases WHERE expires_at < :before")
 
 
 @dataclass(frozen=True, slots=True)
+class LiveLease:
+    """The sandbox's unconsumed, unexpired lease: a retry is answered with it."""
+
+    id: str
+    max_duration_s: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Prefetched:
     """What the first round trip of an admission read."""
 
     key_role: str | None  # None: no such key, or revoked
-    lease: Any  # (id, max_duration_s, expires_at) of the sandbox's live lease, or None
+    lease: LiveLease | None
     running: int
     leases: int
     starts_last_second: int
-    billing_row: Any  # the first row of the billing side's statement (None if it has none)
+    billing: TeamRead | None  # billing's read of its statement's row (None: it has none)
 
 
 def _params(digest: str, team_id: str, sandbox_id: str, now: datetime,
-            stale: timedelta) -> dict[str, Any]:
+            stale: timedelta) -> dict[str, object]:
     return {"digest": digest, "key": f"admission:{team_id}", "team_id": team_id,
             "sandbox_id": sandbox_id, "now": now, "stale": stale}
 
 
-def _prefetched(key_row: Any, lease_row: Any, counted: Any, billing_row: Any) -> Prefetched:
+def _prefetched(key_row: TupleRow | None, lease_row: TupleRow | None,
+                counted: TupleRow | None, billing: Prefetch | None,
+                billing_row: TupleRow | None) -> Prefetched:
     assert counted is not None  # counts always answer one row
     running, leases, starts = counted
     return Prefetched(
         key_role=key_row[0] if key_row is not None and key_row[1] is None else None,
-        lease=lease_row, running=int(running), leases=int(leases),
-        starts_last_second=int(starts), billing_row=billing_row)
+        lease=LiveLease(*lease_row) if lease_row is not None else None,
+        running=int(running), leases=int(leases), starts_last_second=int(starts),
+        billing=billing.read(billing_row)
+        if billing is not None and billing_row is not None else None)
 
 
 def prefetch(
@@ -105,12 +118,12 @@ def prefetch(
         lease = raw.execute(_LIVE_LEASE, params)
         counts = raw.execute(_COUNTS, params)
         extra = raw.execute(billing.sql, billing.params) if billing is not None else None
-    return _prefetched(key.fetchone(), lease.fetchone(), counts.fetchone(),
+    return _prefetched(key.fetchone(), lease.fetchone(), counts.fetchone(), billing,
                        extra.fetchone() if extra is not None else None)
 
 
 async def prefetch_async(
-    conn: psycopg.AsyncConnection[Any], digest: str, team_id: str, sandbox_id: str,
+    conn: psycopg.AsyncConnection[TupleRow], digest: str, team_id: str, sandbox_id: str,
     now: datetime, stale: timedelta, billing: Prefetch | None,
 ) -> Prefetched:
     """`prefetch` on the event loop's connection: the same statements, the same round trip."""
@@ -122,7 +135,7 @@ async def prefetch_async(
         counts = await conn.execute(_COUNTS, params)
         extra = await conn.execute(billing.sql, billing.params) if billing is not None else None
     return _prefetched(await key.fetchone(), await lease.fetchone(), await counts.fetchone(),
-                       await extra.fetchone() if extra is not None else None)
+                       billing, await extra.fetchone() if extra is not None else None)
 
 
 def consume(session: Session, sandboxes: Sequence[str], now: datetime) -> None:

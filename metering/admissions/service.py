@@ -61,7 +61,7 @@ def admit(
                         billing.admission_prefetch(team_id))
     if (answer := _authorized_lease(got)) is not None:
         return answer
-    team_limits, standing = billing.admission(session, team_id, now, got.billing_row)
+    team_limits, standing = billing.admission(session, team_id, now, got.billing)
     decision, lease = _decide(settings, team_id, sandbox_id, request, now, got, team_limits,
                               standing)
     if lease is not None:
@@ -86,7 +86,7 @@ async def admit_on_loop(
             timedelta(seconds=settings.stale_after_s), billing.admission_prefetch(team_id))
         if (answer := _authorized_lease(got)) is not None:
             return answer
-        view = billing.admission_from_row(team_id, now, got.billing_row)
+        view = billing.admission_from_read(team_id, now, got.billing)
         if view is None:
             # Rolled back on the way out, so the lock is free for the threaded path; the
             # team's next admissions go there directly for a while.
@@ -105,9 +105,10 @@ def _authorized_lease(got: repo.Prefetched) -> Decision | None:
     Principal("", got.key_role, None).require("ingest")
     if got.lease is None:
         return None
-    lease_id, max_duration_s, expires = got.lease
-    return Decision(200, {"admitted": True, "lease_id": lease_id,
-                          "max_duration_s": max_duration_s, "expires_at": rfc3339(expires)})
+    lease = got.lease
+    return Decision(200, {"admitted": True, "lease_id": lease.id,
+                          "max_duration_s": lease.max_duration_s,
+                          "expires_at": rfc3339(lease.expires_at)})
 
 
 def _decide(
