@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -24,7 +25,7 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {}}, "description": "with `format=csv`: every execution"}}
 
 
-def _csv(rows: Any, name: str) -> Response:
+def _csv(rows: Iterable[list[str]], name: str) -> Response:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={
@@ -37,7 +38,7 @@ def line_executions(
     invoice_id: str, position: Position, session: SessionDep, principal: PrincipalDep,
     settings: SettingsDep, limit: Limit = 100, after: str | None = None,
     format: Format = "json",
-) -> Any:
+) -> LineExecutionsPage | Response:
     """The executions a usage line is made of, newest start first, each with its usage and
     exact cost at the line's price (as the events stood when the invoice was made): their
     quantities add up to the line's quantity, their costs to its unrounded amount.
@@ -55,7 +56,7 @@ def upcoming_line_executions(
     team_id: str, position: Position, session: SessionDep, principal: PrincipalDep,
     settings: SettingsDep, limit: Limit = 100, after: str | None = None,
     format: Format = "json",
-) -> Any:
+) -> LineExecutionsPage | Response:
     """The same for a line of the open month's invoice, as of the moment of the read (the
     line is rated again at that moment and shown with the page)."""
     charge = service.upcoming_charge(session, principal, team_id, position, settings)
@@ -67,7 +68,7 @@ def upcoming_line_executions(
 
 @router.get("/v1/executions/{execution_id}/events", response_model=ExecutionEventsOut)
 def execution_events(execution_id: str, session: SessionDep, principal: PrincipalDep
-                     ) -> dict[str, Any]:
+                     ) -> ExecutionEventsOut:
     """An execution's lifecycle events, oldest first, and the allocation they make (from
     its start to its end, or open while it has none)."""
     return service.execution_events(session, principal, execution_id)

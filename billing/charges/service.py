@@ -24,10 +24,17 @@ from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
+from billing.charges.schemas import (
+    AllocationOut,
+    ExecutionEventsOut,
+    LifecycleEventOut,
+    LineExecutionOut,
+    LineExecutionsPage,
+)
 from billing.core.rating import InvoiceLine
 from billing.invoices import repository as invoice_repo
 from billing.invoices import service as invoicing
-from billing.invoices.schemas import line_out, rated_line_out
+from billing.invoices.schemas import LineOut, line_out, rated_line_out
 from metering.api.pagination import decode_cursor, encode_cursor
 from metering.auth.service import Principal
 from metering.config import Settings
@@ -48,7 +55,7 @@ class Charge:
     """One usage line and where its executions come from."""
 
     team_id: str
-    line: dict[str, Any]  # as the API shows the line
+    line: LineOut
     kind: str
     unit_price: Decimal
     currency: str
@@ -118,20 +125,20 @@ def upcoming_charge(session: Session, principal: Principal, team_id: str, positi
         received_by=None, now=now)
 
 
-def _row(charge: Charge, usage: from_events.ExecutionUsage) -> dict[str, Any]:
+def _row(charge: Charge, usage: from_events.ExecutionUsage) -> LineExecutionOut:
     quantity = vcpu_seconds(usage.vcpu_ms) if charge.kind == "usage_vcpu" \
         else gib_seconds(usage.mib_ms)
-    return {
-        "execution_id": usage.execution_id, "sandbox_id": usage.sandbox_id,
-        "template_id": usage.template_id, "started_at": rfc3339(usage.start_at),
-        "ended_at": None if usage.running else rfc3339(usage.stop_at),
-        "end_inferred": usage.end_inferred and not usage.running, "running": usage.running,
-        "vcpu": usage.vcpu, "memory_mib": usage.memory_mib,
-        "seconds": fmt(Decimal(usage.ms) / 1000),
-        "vcpu_seconds": fmt(vcpu_seconds(usage.vcpu_ms)),
-        "gib_seconds": fmt(gib_seconds(usage.mib_ms)),
-        "quantity": fmt(quantity), "cost": fmt(mul(quantity, charge.unit_price)),
-    }
+    return LineExecutionOut(
+        execution_id=usage.execution_id, sandbox_id=usage.sandbox_id,
+        template_id=usage.template_id, started_at=rfc3339(usage.start_at),
+        ended_at=None if usage.running else rfc3339(usage.stop_at),
+        end_inferred=usage.end_inferred and not usage.running, running=usage.running,
+        vcpu=usage.vcpu, memory_mib=usage.memory_mib,
+        seconds=fmt(Decimal(usage.ms) / 1000),
+        vcpu_seconds=fmt(vcpu_seconds(usage.vcpu_ms)),
+        gib_seconds=fmt(gib_seconds(usage.mib_ms)),
+        quantity=fmt(quantity), cost=fmt(mul(quantity, charge.unit_price)),
+    )
 
 
 def _cursor(after: str | None) -> tuple[datetime, str] | None:
@@ -170,9 +177,9 @@ def _pages(session: Session, charge: Charge, after: tuple[datetime, str] | None,
 
 
 def executions_page(session: Session, charge: Charge, settings: Settings, *, limit: int,
-                    after: str | None) -> dict[str, Any]:
+                    after: str | None) -> LineExecutionsPage:
     stale = timedelta(seconds=settings.stale_after_s)
-    rows: list[dict[str, Any]] = []
+    rows: list[LineExecutionOut] = []
     next_cursor = None
     # A page's worth and a few more (some may hold nothing inside the line's time).
     batch = min(limit + limit // 4 + 1, BATCH)
@@ -183,8 +190,8 @@ def executions_page(session: Session, charge: Charge, settings: Settings, *, lim
         next_cursor = encode_cursor(candidate.start_at.isoformat(), candidate.execution_id)
     else:
         next_cursor = None
-    return {"line": charge.line, "as_of": rfc3339(charge.received_by or charge.now),
-            "data": rows, "next_cursor": next_cursor}
+    return LineExecutionsPage(line=charge.line, as_of=rfc3339(charge.received_by or charge.now),
+                              data=rows, next_cursor=next_cursor)
 
 
 CSV_COLUMNS = ("execution_id", "sandbox_id", "template_id", "started_at", "ended_at",
@@ -197,7 +204,7 @@ def executions_csv(session: Session, charge: Charge, settings: Settings) -> Iter
     yield list(CSV_COLUMNS)
     stale = timedelta(seconds=settings.stale_after_s)
     for usage, _ in _pages(session, charge, None, stale):
-        row = _row(charge, usage)
+        row = _row(charge, usage).model_dump()
         yield ["" if row[c] is None else str(row[c]).lower() if isinstance(row[c], bool)
                else str(row[c]) for c in CSV_COLUMNS]
 
@@ -210,7 +217,7 @@ def _int(value: Any) -> int | None:
 
 
 def execution_events(session: Session, principal: Principal, execution_id: str
-                     ) -> dict[str, Any]:
+                     ) -> ExecutionEventsOut:
     """An execution's lifecycle events (oldest first) and the allocation they make; another
     team's execution answers 404."""
     owner = from_events.execution_owner(session, execution_id)
@@ -226,13 +233,13 @@ def execution_events(session: Session, principal: Principal, execution_id: str
                              memory_mib=_int(r[3].get("memory_mib")), source=r[4],
                              event_id=r[5]) for r in rows]
     timeline = build_timeline(events)
-    return {
-        "execution_id": execution_id, "team_id": team_id, "sandbox_id": sandbox_id,
-        "data": [{"id": r[5], "source": r[4], "type": r[1], "time": rfc3339(r[2]),
-                  "data": r[3]} for r in rows],
-        "allocation": [{"start": rfc3339(from_ms(s.start_ms)),
-                        "end": rfc3339(from_ms(s.end_ms)) if s.end_ms is not None else None,
-                        "vcpu": s.vcpu, "memory_mib": s.memory_mib}
-                       for s in timeline.segments],
-        "next_cursor": None,
-    }
+    return ExecutionEventsOut(
+        execution_id=execution_id, team_id=team_id, sandbox_id=sandbox_id,
+        data=[LifecycleEventOut(id=r[5], source=r[4], type=r[1], time=rfc3339(r[2]),
+                                data=r[3]) for r in rows],
+        allocation=[AllocationOut(
+            start=rfc3339(from_ms(s.start_ms)),
+            end=rfc3339(from_ms(s.end_ms)) if s.end_ms is not None else None,
+            vcpu=s.vcpu, memory_mib=s.memory_mib) for s in timeline.segments],
+        next_cursor=None,
+    )

@@ -75,36 +75,36 @@ def line(session: Session, principal: Principal, settings: Settings, team_id: st
     if charge.team_id != team_id:
         raise NotFound(f"no invoice {invoice_id}")
     page = charges.executions_page(session, charge, settings, limit=PAGE_SIZE, after=after)
-    line_out = page["line"]
+    line_out = page.line
     currency = charge.currency
-    unit = line_out["unit"] or ""
+    unit = line_out.unit or ""
     rows = [{
-        "sandbox_id": r["sandbox_id"], "href": _run_href(team_id, r["execution_id"]),
-        "template": r["template_id"] or "—",
-        "started": fmt.when_seconds(fmt.parse_time(r["started_at"])),
-        "ended": "running" if r["running"] else
-        fmt.when_seconds(fmt.parse_time(r["ended_at"])) + (" (no news)" if r["end_inferred"]
-                                                           else ""),
-        "vcpu": r["vcpu"], "memory": fmt.memory(r["memory_mib"]),
-        "seconds": fmt.exact(Decimal(r["seconds"])),
-        "quantity": fmt.exact(Decimal(r["quantity"])),
-        "cost": money_text(Decimal(r["cost"]), currency),
-    } for r in page["data"]]
-    service = line_out["service_period"]
+        "sandbox_id": r.sandbox_id, "href": _run_href(team_id, r.execution_id),
+        "template": r.template_id or "—",
+        "started": fmt.when_seconds(fmt.parse_time(r.started_at)),
+        "ended": "running" if r.running else
+        fmt.when_seconds(fmt.parse_time(r.ended_at)) + (" (no news)" if r.end_inferred
+                                                        else ""),
+        "vcpu": r.vcpu, "memory": fmt.memory(r.memory_mib),
+        "seconds": fmt.exact(Decimal(r.seconds)),
+        "quantity": fmt.exact(Decimal(r.quantity)),
+        "cost": money_text(Decimal(r.cost), currency),
+    } for r in page.data]
+    service = line_out.service_period
     here = team_href(team_id, "invoices", invoice_id, "lines", str(position))
     return {
         "team": team_view(team), "title": f"Line {position} of invoice",
         "back_href": team_href(team_id, "invoices", invoice_id), "back_text": "The invoice",
-        "line": {"description": line_out["description"],
-                 "service": _service_text(fmt.parse_time(service["start"]),
-                                          fmt.parse_time(service["end"]))
+        "line": {"description": line_out.description,
+                 "service": _service_text(fmt.parse_time(service.start),
+                                          fmt.parse_time(service.end))
                  if service else "—",
-                 "quantity": f"{fmt.exact(Decimal(line_out['quantity']))} {unit}",
-                 "unit_price": money_text(Decimal(line_out["unit_price"]), currency),
-                 "amount": fmt.money(Decimal(line_out["amount"]), currency)},
-        "as_of": fmt.when(page["as_of"]), "unit": unit, "rows": rows,
-        "more_href": f"{here}?after={quote(page['next_cursor'], safe='')}"
-        if page["next_cursor"] else None,
+                 "quantity": f"{fmt.exact(Decimal(line_out.quantity))} {unit}",
+                 "unit_price": money_text(Decimal(line_out.unit_price), currency),
+                 "amount": fmt.money(Decimal(line_out.amount), currency)},
+        "as_of": fmt.when(page.as_of), "unit": unit, "rows": rows,
+        "more_href": f"{here}?after={quote(page.next_cursor, safe='')}"
+        if page.next_cursor else None,
     }
 
 
@@ -119,43 +119,43 @@ def run(session: Session, principal: Principal, team_id: str, execution_id: str
     """One sandbox run: its lifecycle events and the allocation they make."""
     team = accounts.read_team(session, principal, team_id).model_dump()
     found = charges.execution_events(session, principal, execution_id)
-    if found["team_id"] != team_id:
+    if found.team_id != team_id:
         raise NotFound(f"no execution {execution_id}")
-    events = found["data"]
-    sandbox_id = found["sandbox_id"]
-    allocation = found["allocation"]
-    times = [_at(a["start"]) for a in allocation]
-    ends = [_at(a["end"]) for a in allocation if a["end"]]
-    newest = max((_at(e["time"]) for e in events), default=None)
+    events = found.data
+    sandbox_id = found.sandbox_id
+    allocation = found.allocation
+    times = [_at(a.start) for a in allocation]
+    ends = [_at(a.end) for a in allocation if a.end]
+    newest = max((_at(e.time) for e in events), default=None)
     first = times[0] if times else None
     last = max([*ends, *([newest] if newest else [])], default=first)
     shapes = []
     if first is not None and last is not None:
         span = max((last - first).total_seconds(), 1e-3)  # float-ok: chart geometry only
-        top = max(a["vcpu"] for a in allocation)
+        top = max(a.vcpu for a in allocation)
         for a in allocation:
-            lo = fmt.parse_time(a["start"])
-            hi = fmt.parse_time(a["end"]) or last
+            lo = fmt.parse_time(a.start)
+            hi = fmt.parse_time(a.end) or last
             assert lo is not None
             x = (lo - first).total_seconds() / span * 1000  # float-ok: chart geometry only
             w = max((hi - lo).total_seconds() / span * 1000, 1)  # float-ok: chart geometry
-            h = a["vcpu"] / top * (CHART_HEIGHT - 10)  # float-ok: chart geometry only
+            h = a.vcpu / top * (CHART_HEIGHT - 10)  # float-ok: chart geometry only
             shapes.append({
                 "x": f"{x:.1f}", "w": f"{w:.1f}", "h": f"{h:.1f}",
-                "y": f"{CHART_HEIGHT - h:.1f}", "vcpu": a["vcpu"],
-                "memory": fmt.memory(a["memory_mib"]),
+                "y": f"{CHART_HEIGHT - h:.1f}", "vcpu": a.vcpu,
+                "memory": fmt.memory(a.memory_mib),
                 "start": fmt.when_seconds(lo),
-                "end": fmt.when_seconds(fmt.parse_time(a["end"])) if a["end"] else "its end",
-                "text": f"{a['vcpu']} vCPU, {fmt.memory(a['memory_mib'])}",
+                "end": fmt.when_seconds(fmt.parse_time(a.end)) if a.end else "its end",
+                "text": f"{a.vcpu} vCPU, {fmt.memory(a.memory_mib)}",
             })
     return {
         "team": team_view(team), "execution_id": execution_id, "sandbox_id": sandbox_id,
         "sandbox_href": team_href(team_id, "sandboxes", sandbox_id),
         "allocation": shapes, "chart_height": CHART_HEIGHT,
         "first": fmt.when_seconds(first), "last": fmt.when_seconds(last),
-        "events": [{"time": fmt.when_seconds(fmt.parse_time(e["time"])),
-                    "kind": e["type"].rsplit(".", 1)[1],
-                    "details": ", ".join(f"{k}: {v}" for k, v in sorted(e["data"].items())
+        "events": [{"time": fmt.when_seconds(fmt.parse_time(e.time)),
+                    "kind": e.type.rsplit(".", 1)[1],
+                    "details": ", ".join(f"{k}: {v}" for k, v in sorted(e.data.items())
                                          if k not in ("team_id", "execution_id")) or "—",
-                    "source": e["source"]} for e in events],
+                    "source": e.source} for e in events],
     }

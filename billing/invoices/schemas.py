@@ -183,27 +183,31 @@ def _service(start: datetime | None, end: datetime | None) -> dict[str, str] | N
     return {"start": rfc3339(start), "end": rfc3339(end)}
 
 
-def line_out(row: Any, currency: str) -> dict[str, Any]:
+def line_out(row: Any, currency: str) -> LineOut:
     metadata = dict(row.details or {})
     if row.price_version_id:
         metadata.setdefault("price_version_id", row.price_version_id)
-    return {"position": row.position, "kind": row.kind, "description": row.description,
-            "quantity": fmt(row.quantity), "unit": UNITS.get(row.kind),
-            "unit_price": price_text(row.unit_price, currency),
-            "amount": fmt_minor(row.amount, currency), "currency": currency,
-            "service_period": _service(row.service_start, row.service_end),
-            "period": row.period, "plan_code": row.plan_code,
-            "metadata": {k: str(v) for k, v in metadata.items() if v}}
+    return LineOut.model_validate({
+        "position": row.position, "kind": row.kind, "description": row.description,
+        "quantity": fmt(row.quantity), "unit": UNITS.get(row.kind),
+        "unit_price": price_text(row.unit_price, currency),
+        "amount": fmt_minor(row.amount, currency), "currency": currency,
+        "service_period": _service(row.service_start, row.service_end),
+        "period": row.period, "plan_code": row.plan_code,
+        "metadata": {k: str(v) for k, v in metadata.items() if v},
+    })
 
 
-def rated_line_out(position: int, line: RatedLine, currency: str) -> dict[str, Any]:
-    return {"position": position, "kind": line.kind, "description": line.description,
-            "quantity": fmt(line.quantity), "unit": UNITS.get(line.kind),
-            "unit_price": price_text(line.unit_price, currency),
-            "amount": fmt_minor(line.amount, currency), "currency": currency,
-            "service_period": _service(line.service_start, line.service_end),
-            "period": line.period, "plan_code": line.plan_code,
-            "metadata": line_metadata(line)}
+def rated_line_out(position: int, line: RatedLine, currency: str) -> LineOut:
+    return LineOut.model_validate({
+        "position": position, "kind": line.kind, "description": line.description,
+        "quantity": fmt(line.quantity), "unit": UNITS.get(line.kind),
+        "unit_price": price_text(line.unit_price, currency),
+        "amount": fmt_minor(line.amount, currency), "currency": currency,
+        "service_period": _service(line.service_start, line.service_end),
+        "period": line.period, "plan_code": line.plan_code,
+        "metadata": line_metadata(line),
+    })
 
 
 def _time(moment: datetime | None) -> str | None:
