@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from metering.core.limits import LIMIT_FIELDS, LimitOverride, PlanLimits
 from metering.db import Base
 
 MONEY = Numeric(20, 6)
@@ -59,15 +60,14 @@ class PlanVersion(Base):
     minimum_commitment: Mapped[Decimal] = mapped_column(MONEY)
     vcpu_second_price: Mapped[Decimal] = mapped_column(UNIT_PRICE)
     gib_second_price: Mapped[Decimal] = mapped_column(UNIT_PRICE)
-    max_execution_s: Mapped[int] = mapped_column(Integer)
-    concurrency: Mapped[int] = mapped_column(Integer)
-    starts_per_second: Mapped[int] = mapped_column(Integer)
-    max_vcpu: Mapped[int] = mapped_column(Integer)
-    max_memory_mib: Mapped[int] = mapped_column(Integer)
-    max_disk_mib: Mapped[int] = mapped_column(Integer)
+    # ...and one integer column per limit, added below from `PlanLimits`.
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("now()")
     )
+
+    @property
+    def limits(self) -> PlanLimits:
+        return PlanLimits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
 
 class TeamPlan(Base):
@@ -93,17 +93,17 @@ class LimitOverrideRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"))
-    max_execution_s: Mapped[int | None] = mapped_column(Integer)
-    concurrency: Mapped[int | None] = mapped_column(Integer)
-    starts_per_second: Mapped[int | None] = mapped_column(Integer)
-    max_vcpu: Mapped[int | None] = mapped_column(Integer)
-    max_memory_mib: Mapped[int | None] = mapped_column(Integer)
-    max_disk_mib: Mapped[int | None] = mapped_column(Integer)
+    # ...one nullable integer column per limit (null: keep the plan's), added below.
     starts_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("now()")
     )
+
+    @property
+    def override(self) -> LimitOverride:
+        return LimitOverride(start=self.starts_at, end=self.ends_at,
+                             **{name: getattr(self, name) for name in LIMIT_FIELDS})
 
 
 class AddOnRow(Base):
@@ -124,3 +124,14 @@ class AddOnRow(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("now()")
     )
+
+
+def _limit_columns(model: type[Base], *, nullable: bool) -> None:
+    """One integer column per field of `PlanLimits` (Declarative maps columns set on a class
+    after it is made), so that a new limit is declared once, in the core."""
+    for name in LIMIT_FIELDS:
+        setattr(model, name, mapped_column(name, Integer, nullable=nullable))
+
+
+_limit_columns(PlanVersion, nullable=False)
+_limit_columns(LimitOverrideRow, nullable=True)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from billing.core.plan_versions import Assignment, Version
 from billing.plans.models import AddOnRow, LimitOverrideRow, Plan, PlanVersion, TeamPlan
-from metering.core.limits import AddOn, LimitOverride, PlanLimits
+from metering.core.limits import LIMIT_FIELDS, AddOn, LimitOverride
 from metering.plugins import TeamRead
 
 # Plan versions change rarely and are read on every admission: each process keeps them for a
@@ -30,9 +30,7 @@ def to_version(row: PlanVersion) -> Version:
         currency=row.currency, monthly_fee=row.monthly_fee,
         one_time_credit=row.one_time_credit, credit_enforced=row.credit_enforced,
         minimum_commitment=row.minimum_commitment, vcpu_second_price=row.vcpu_second_price,
-        gib_second_price=row.gib_second_price,
-        limits=PlanLimits(row.max_execution_s, row.concurrency, row.starts_per_second,
-                          row.max_vcpu, row.max_memory_mib, row.max_disk_mib),
+        gib_second_price=row.gib_second_price, limits=row.limits,
     )
 
 
@@ -83,12 +81,7 @@ def assignments(session: Session, team_id: str) -> list[Assignment]:
 
 def overrides(session: Session, team_id: str) -> list[LimitOverride]:
     rows = session.execute(select(LimitOverrideRow).where(LimitOverrideRow.team_id == team_id))
-    return [LimitOverride(
-        max_execution_s=r.max_execution_s, concurrency=r.concurrency,
-        starts_per_second=r.starts_per_second, max_vcpu=r.max_vcpu,
-        max_memory_mib=r.max_memory_mib, max_disk_mib=r.max_disk_mib,
-        start=r.starts_at, end=r.ends_at,
-    ) for r in rows.scalars()]
+    return [r.override for r in rows.scalars()]
 
 
 def addons(session: Session, team_id: str) -> list[AddOn]:
@@ -121,13 +114,13 @@ class TeamContext(TeamRead):
     spend_limit: Decimal | None
 
 
-# Driver paramstyle, so that admissions can pipeline it with their own reads.
-CONTEXT_SQL = ("""
+# Driver paramstyle, so that admissions can pipeline it with their own reads. An override
+# comes as [start, end, *limits].
+CONTEXT_SQL = (f"""
 SELECT
   (SELECT json_agg(json_build_array(plan_code, effective_at) ORDER BY effective_at)
    FROM team_plans WHERE team_id = %(t)s),
-  (SELECT json_agg(json_build_array(max_execution_s, concurrency, starts_per_second, max_vcpu,
-                                    max_memory_mib, max_disk_mib, starts_at, ends_at))
+  (SELECT json_agg(json_build_array(starts_at, ends_at, {", ".join(LIMIT_FIELDS)}))
    FROM team_limit_overrides WHERE team_id = %(t)s),
   (SELECT json_agg(json_build_array(field, delta, starts_at, ends_at))
    FROM team_addons WHERE team_id = %(t)s),
@@ -148,9 +141,9 @@ def team_context(session: Session, team_id: str) -> TeamContext:
 def context_from_row(row: TupleRow) -> TeamContext:
     """The team from a row of `CONTEXT_SQL`."""
     assignments = [Assignment(p, datetime.fromisoformat(at)) for p, at in (row[0] or [])]
-    overrides = [LimitOverride(max_execution_s=o[0], concurrency=o[1], starts_per_second=o[2],
-                               max_vcpu=o[3], max_memory_mib=o[4], max_disk_mib=o[5],
-                               start=_ts(o[6]), end=_ts(o[7])) for o in (row[1] or [])]
+    overrides = [LimitOverride(start=_ts(o[0]), end=_ts(o[1]),
+                               **dict(zip(LIMIT_FIELDS, o[2:], strict=True)))
+                 for o in (row[1] or [])]
     addons = [AddOn(field=a[0], delta=a[1], start=_ts(a[2]), end=_ts(a[3]))
               for a in (row[2] or [])]
     return TeamContext(assignments, overrides, addons, bool(row[3]), row[4], row[5], row[6])

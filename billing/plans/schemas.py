@@ -1,43 +1,48 @@
-"""Plans as the API shows and takes them; the six limit fields are declared here once for
-the HTTP edge (`LimitsOut` answered, `LimitsPatch` taken) and reused by teams' overrides."""
+"""Plans as the API shows and takes them. The limit fields at the HTTP edge (`LimitsOut`
+answered, `LimitsPatch` taken, reused by teams' overrides) are made from the core's
+`PlanLimits`, where each limit is declared once."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from billing.plans.models import PlanVersion
 from metering.core.clock import rfc3339
-from metering.core.limits import PlanLimits
+from metering.core.limits import LIMIT_FIELDS, LIMIT_MINIMUMS, PlanLimits
 from metering.core.money import fmt, fmt_minor
 
 
-class LimitsOut(BaseModel):
-    """A plan's limits (also a team's effective limits)."""
-
-    max_execution_s: int
-    concurrency: int
-    starts_per_second: int
-    max_vcpu: int
-    max_memory_mib: int
-    max_disk_mib: int
-
+class _LimitsOutBase(BaseModel):
     @classmethod
     def of(cls, limits: PlanLimits) -> LimitsOut:
-        return cls.model_validate(limits.as_dict())
+        return LimitsOut.model_validate(limits.as_dict())
 
 
-class LimitsPatch(BaseModel):
-    """Some of the six limits (absent: unchanged)."""
+def _limit_fields(*, patch: bool) -> dict[str, Any]:
+    if not patch:
+        return {name: (int, ...) for name in LIMIT_FIELDS}
+    return {name: (int | None, Field(default=None, ge=LIMIT_MINIMUMS[name]))
+            for name in LIMIT_FIELDS}
 
-    max_execution_s: int | None = Field(default=None, ge=1)
-    concurrency: int | None = Field(default=None, ge=0)
-    starts_per_second: int | None = Field(default=None, ge=0)
-    max_vcpu: int | None = Field(default=None, ge=1)
-    max_memory_mib: int | None = Field(default=None, ge=1)
-    max_disk_mib: int | None = Field(default=None, ge=0)
+
+if TYPE_CHECKING:  # mypy sees the classes; their fields are `PlanLimits`' (built below)
+    class LimitsOut(_LimitsOutBase):
+        """A plan's limits (also a team's effective limits)."""
+
+    class LimitsPatch(BaseModel):
+        """Some of the six limits (absent: unchanged)."""
+else:
+    LimitsOut = create_model(
+        "LimitsOut", __base__=_LimitsOutBase, __module__=__name__,
+        __doc__="A plan's limits (also a team's effective limits).",
+        **_limit_fields(patch=False))
+    LimitsPatch = create_model(
+        "LimitsPatch", __module__=__name__, __doc__="Some of the six limits (absent: unchanged).",
+        **_limit_fields(patch=True))
 
 
 class PlanVersionOut(LimitsOut):
@@ -53,15 +58,14 @@ class PlanVersionOut(LimitsOut):
 
     @classmethod
     def of_version(cls, v: PlanVersion) -> PlanVersionOut:
-        return cls(
-            id=v.id, effective_at=rfc3339(v.effective_at), currency=v.currency,
-            monthly_fee=fmt_minor(v.monthly_fee), one_time_credit=fmt_minor(v.one_time_credit),
-            credit_enforced=v.credit_enforced,
-            minimum_commitment=fmt_minor(v.minimum_commitment),
-            vcpu_second_price=fmt(v.vcpu_second_price),
-            gib_second_price=fmt(v.gib_second_price), max_execution_s=v.max_execution_s,
-            concurrency=v.concurrency, starts_per_second=v.starts_per_second,
-            max_vcpu=v.max_vcpu, max_memory_mib=v.max_memory_mib, max_disk_mib=v.max_disk_mib)
+        return cls.model_validate({
+            **v.limits.as_dict(), "id": v.id, "effective_at": rfc3339(v.effective_at),
+            "currency": v.currency, "monthly_fee": fmt_minor(v.monthly_fee),
+            "one_time_credit": fmt_minor(v.one_time_credit),
+            "credit_enforced": v.credit_enforced,
+            "minimum_commitment": fmt_minor(v.minimum_commitment),
+            "vcpu_second_price": fmt(v.vcpu_second_price),
+            "gib_second_price": fmt(v.gib_second_price)})
 
 
 class PlanOut(BaseModel):

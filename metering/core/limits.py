@@ -17,14 +17,15 @@ reads a clock (every function is told `at` or `now`) or knows HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 __all__ = [
     "DEFAULT_PLAN_LIMITS",
     "LIMIT_FIELDS",
+    "LIMIT_MINIMUMS",
     "AddOn",
     "LimitField",
     "LimitOverride",
@@ -32,16 +33,6 @@ __all__ = [
     "effective_limits",
     "require_aware",
 ]
-
-LimitField = Literal[
-    "max_execution_s",
-    "concurrency",
-    "starts_per_second",
-    "max_vcpu",
-    "max_memory_mib",
-    "max_disk_mib",
-]
-LIMIT_FIELDS: tuple[LimitField, ...] = get_args(LimitField)
 
 
 def require_aware(name: str, moment: datetime | None) -> None:
@@ -62,16 +53,25 @@ def _in_window(start: datetime | None, end: datetime | None, at: datetime) -> bo
     return (start is None or start <= at) and (end is None or at < end)
 
 
+def _least(settable: int) -> dict[str, int]:
+    return {"least": settable}
+
+
 @dataclass(frozen=True, slots=True)
 class PlanLimits:
-    """A plan's (or a team's effective) limits; all integers, all >= 0."""
+    """A plan's (or a team's effective) limits; all integers, all >= 0.
 
-    max_execution_s: int
-    concurrency: int
-    starts_per_second: int
-    max_vcpu: int
-    max_memory_mib: int
-    max_disk_mib: int
+    The one declaration of the limits: overrides, add-ons, the plan and override tables
+    (`billing.plans.models`), the API's `LimitsOut` / `LimitsPatch` and the team read all take
+    their fields from here (and a migration adds the column). `least` is the smallest value a
+    plan version or an override may set (0 where none at all is a meaningful limit)."""
+
+    max_execution_s: int = field(metadata=_least(1))
+    concurrency: int = field(metadata=_least(0))
+    starts_per_second: int = field(metadata=_least(0))
+    max_vcpu: int = field(metadata=_least(1))
+    max_memory_mib: int = field(metadata=_least(1))
+    max_disk_mib: int = field(metadata=_least(0))
 
     def __post_init__(self) -> None:
         for name in LIMIT_FIELDS:
@@ -82,6 +82,23 @@ class PlanLimits:
     def as_dict(self) -> dict[LimitField, int]:
         """The fields by name, e.g. for the dashboard's team view."""
         return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+
+# The names again, as a type: mypy and the API's add-on schema check a field's name against
+# it. Python cannot derive a Literal from a class, so it is checked against `PlanLimits` here.
+LimitField = Literal[
+    "max_execution_s",
+    "concurrency",
+    "starts_per_second",
+    "max_vcpu",
+    "max_memory_mib",
+    "max_disk_mib",
+]
+LIMIT_FIELDS = cast(tuple[LimitField, ...], tuple(f.name for f in fields(PlanLimits)))
+if get_args(LimitField) != LIMIT_FIELDS:  # pragma: no cover - fails at import, on purpose
+    raise TypeError(f"LimitField {get_args(LimitField)} differs from PlanLimits {LIMIT_FIELDS}")
+LIMIT_MINIMUMS: Mapping[LimitField, int] = {
+    cast(LimitField, f.name): f.metadata["least"] for f in fields(PlanLimits)}
 
 
 DEFAULT_PLAN_LIMITS: dict[str, PlanLimits] = {
@@ -112,33 +129,42 @@ DEFAULT_PLAN_LIMITS: dict[str, PlanLimits] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
 class LimitOverride:
-    """A team's absolute value for some limits (None = keep), valid in [start, end)."""
+    """A team's absolute value for some limits, valid in [start, end):
+    `LimitOverride(concurrency=50, start=...)`; a limit not named (or None) is kept."""
 
-    max_execution_s: int | None = None
-    concurrency: int | None = None
-    starts_per_second: int | None = None
-    max_vcpu: int | None = None
-    max_memory_mib: int | None = None
-    max_disk_mib: int | None = None
-    start: datetime | None = None
-    end: datetime | None = None
+    __slots__ = ("_values", "end", "start")
 
-    def __post_init__(self) -> None:
-        _check_window(self.start, self.end)
-        for name, value in self.values().items():
+    def __init__(self, *, start: datetime | None = None, end: datetime | None = None,
+                 **limits: int | None) -> None:
+        _check_window(start, end)
+        values: dict[LimitField, int] = {}
+        for name, value in limits.items():
+            if name not in LIMIT_FIELDS:
+                raise ValueError(f"unknown limit field {name!r}")
+            if value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"override {name} must be an integer >= 0, got {value!r}")
+            values[name] = value
+        self._values = values
+        self.start = start
+        self.end = end
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LimitOverride) and (self._values, self.start, self.end) == (
+            other._values, other.start, other.end)
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self._values.items())), self.start, self.end))
+
+    def __repr__(self) -> str:
+        named = [f"{k}={v!r}" for k, v in self._values.items()]
+        return f"LimitOverride({', '.join([*named, f'start={self.start!r}', f'end={self.end!r}'])})"
 
     def values(self) -> dict[LimitField, int]:
         """The fields this override sets."""
-        found: dict[LimitField, int] = {}
-        for name in LIMIT_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                found[name] = value
-        return found
+        return dict(self._values)
 
     def valid_at(self, at: datetime) -> bool:
         """Whether `at` lies in [start, end)."""
