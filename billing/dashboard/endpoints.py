@@ -10,6 +10,7 @@ they are the page, not the API.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
-from billing.dashboard import charges, cookies, service
+from billing.dashboard import charges, cookies, service, views
 from billing.dashboard import formatting as fmt
 from billing.dashboard import repository as repo
 from billing.dashboard.config import get_dashboard_settings
@@ -70,11 +71,17 @@ def asset_version() -> str:
     return h.hexdigest()[:12]
 
 
+def _view_json(view: object, **kwargs: Any) -> str:
+    return json.dumps(views.as_json(view), **kwargs)
+
+
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(money=fmt.money, quantity=fmt.quantity, when=fmt.when)
+    # `tojson` of a page's view (its live figures for the script), as the refresh answers it.
+    env.policies["json.dumps_function"] = _view_json
     env.globals.update(asset_version=asset_version)
     return env
 
@@ -255,8 +262,8 @@ def overview_page(request: Request, team_id: str, session: SessionDep, settings:
     def build(principal: Principal) -> HTMLResponse:
         view = service.overview(session, principal, settings, team_id, range)
         return render(request, "overview.html", principal=principal, page="overview",
-                      team=view["team"], view=view,
-                      live_url=_api_href(team_id, "overview") + f"?range={view['chart']['range']}")
+                      team=view.team, view=view,
+                      live_url=_api_href(team_id, "overview") + f"?range={view.chart.range}")
 
     return _page(request, session, build)
 
@@ -268,12 +275,12 @@ def executions_page(request: Request, team_id: str, session: SessionDep,
     def build(principal: Principal) -> HTMLResponse:
         view = service.executions(session, principal, settings, team_id, q, after)
         more = None
-        if view["next_cursor"]:
+        if view.next_cursor:
             more = (service.team_href(team_id, "executions") + "?after="
-                    + quote(view["next_cursor"], safe="")
-                    + (f"&q={quote(view['query'], safe='')}" if view["query"] else ""))
+                    + quote(view.next_cursor, safe="")
+                    + (f"&q={quote(view.query, safe='')}" if view.query else ""))
         return render(request, "executions.html", principal=principal, page="executions",
-                      team=view["team"], view=view, more_href=more)
+                      team=view.team, view=view, more_href=more)
 
     return _page(request, session, build)
 
@@ -284,7 +291,7 @@ def sandbox_page(request: Request, team_id: str, sandbox_id: str, session: Sessi
     def build(principal: Principal) -> HTMLResponse:
         view = service.sandbox(session, principal, settings, team_id, sandbox_id)
         return render(request, "sandbox.html", principal=principal, page="sandbox",
-                      team=view["team"], view=view,
+                      team=view.team, view=view,
                       live_url=_api_href(team_id, "sandboxes", sandbox_id))
 
     return _page(request, session, build)
@@ -296,7 +303,7 @@ def invoices_page(request: Request, team_id: str, session: SessionDep,
     def build(principal: Principal) -> HTMLResponse:
         view = service.invoices(session, principal, settings, team_id)
         return render(request, "invoices.html", principal=principal, page="invoices",
-                      team=view["team"], view=view)
+                      team=view.team, view=view)
 
     return _page(request, session, build)
 
@@ -307,7 +314,7 @@ def invoice_page(request: Request, team_id: str, invoice_id: str,
     def build(principal: Principal) -> HTMLResponse:
         view = charges.invoice(session, principal, team_id, invoice_id)
         return render(request, "invoice.html", principal=principal, page="invoice",
-                      team=view["team"], view=view)
+                      team=view.team, view=view)
 
     return _page(request, session, build)
 
@@ -319,7 +326,7 @@ def invoice_line_page(request: Request, team_id: str, invoice_id: str, position:
     def build(principal: Principal) -> HTMLResponse:
         view = charges.line(session, principal, settings, team_id, invoice_id, position, after)
         return render(request, "invoice_line.html", principal=principal, page="invoice",
-                      team=view["team"], view=view)
+                      team=view.team, view=view)
 
     return _page(request, session, build)
 
@@ -330,7 +337,7 @@ def run_page(request: Request, team_id: str, execution_id: str, session: Session
     def build(principal: Principal) -> HTMLResponse:
         view = charges.run(session, principal, team_id, execution_id)
         return render(request, "execution.html", principal=principal, page="sandbox",
-                      team=view["team"], view=view)
+                      team=view.team, view=view)
 
     return _page(request, session, build)
 
@@ -391,8 +398,8 @@ def _require_session(request: Request, session: Session) -> Principal:
     return principal
 
 
-def _json(content: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(content, headers={"Cache-Control": "no-store",
+def _json(view: object) -> JSONResponse:
+    return JSONResponse(views.as_json(view), headers={"Cache-Control": "no-store",
                                           "X-Content-Type-Options": "nosniff"})
 
 

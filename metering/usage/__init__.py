@@ -15,6 +15,7 @@ from metering.usage.repository import (
     running_allocations_from_rows,
     running_allocations_read,
 )
+from metering.usage.schemas import ExecutionOut, MetricsOut, UsageOut
 from metering.usage.service import (
     PricedBucket,
     PricedUsage,
@@ -33,9 +34,12 @@ __all__ = [
     "OPEN",
     "RUNNING",
     "SEGMENT_END",
+    "ExecutionOut",
+    "MetricsOut",
     "PricedBucket",
     "PricedUsage",
     "TeamUsage",
+    "UsageOut",
     "bucket_bounds",
     "execution_rows",
     "executions_page",
