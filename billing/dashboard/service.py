@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
 from sqlalchemy.orm import Session
@@ -501,6 +501,14 @@ def commitment_view(spend: Decimal, commitment: Decimal, currency: str
     )
 
 
+class _Ranked(NamedTuple):
+    """A team's row with what it sorts by."""
+
+    spend: Decimal
+    left: Decimal | None  # credit left; None: no credit
+    row: views.TeamRow
+
+
 def team_list(session: Session, now: datetime, query: str | None, sort: str | None, *,
               period: str) -> views.TeamList:
     """Teams (at most `TEAM_LIST_LIMIT`, matching the search) with their live month so far:
@@ -509,8 +517,7 @@ def team_list(session: Session, now: datetime, query: str | None, sort: str | No
     sort = sort if sort in TEAM_SORTS else DEFAULT_TEAM_SORT
     rows = repo.team_rows(session, query, TEAM_LIST_LIMIT + 1)
     more = len(rows) > TEAM_LIST_LIMIT
-    # Each row with what it sorts by: month spend and credit left.
-    teams: list[tuple[Decimal, Decimal | None, views.TeamRow]] = []
+    teams: list[_Ranked] = []
     totals: dict[str, Decimal] = {}
     for row in rows[:TEAM_LIST_LIMIT]:
         limits, standing = plans.BILLING.view(session, row.id, now)
@@ -530,7 +537,7 @@ def team_list(session: Session, now: datetime, query: str | None, sort: str | No
             status = "idle"
         commitment = version.minimum_commitment
         totals[currency] = totals.get(currency, Decimal(0)) + standing.month_spend
-        teams.append((standing.month_spend, remaining, views.TeamRow(
+        teams.append(_Ranked(standing.month_spend, remaining, views.TeamRow(
             id=row.id, name=row.name or row.id, href=team_href(row.id),
             plan=limits.plan_code, auto_created=row.auto_created,
             status=status, status_text=STATUS_LABELS[status],
@@ -542,14 +549,14 @@ def team_list(session: Session, now: datetime, query: str | None, sort: str | No
                         if commitment > 0 else None),
         )))
     if sort == "usage":
-        teams.sort(key=lambda t: (-t[0], t[2].id))
+        teams.sort(key=lambda t: (-t.spend, t.row.id))
     elif sort == "credit":  # least credit left first; teams without credit last
-        teams.sort(key=lambda t: (t[1] is None, t[1] or 0, t[2].id))
+        teams.sort(key=lambda t: (t.left is None, t.left or 0, t.row.id))
     elif sort == "status":
-        teams.sort(key=lambda t: (STATUS_ORDER[t[2].status], -t[0], t[2].id))
+        teams.sort(key=lambda t: (STATUS_ORDER[t.row.status], -t.spend, t.row.id))
     else:
-        teams.sort(key=lambda t: (str(t[2].name).lower(), t[2].id))
-    shown = [row for _, _, row in teams]
+        teams.sort(key=lambda t: (str(t.row.name).lower(), t.row.id))
+    shown = [t.row for t in teams]
     base = f"/dashboard/finance?period={quote(period, safe='')}"
     search = f"&q={quote(query, safe='')}" if query else ""
     return views.TeamList(
