@@ -9,6 +9,7 @@ newest event once stale: the same rule as `metering.core.usage.effective_end`.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -131,6 +132,12 @@ def _floor_hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
+def timestamptz_array(moments: Sequence[datetime]) -> str:
+    """An array parameter for `CAST(... AS timestamptz[])` as one text literal: PostgreSQL
+    parses 8,760 times in a fraction of the time psycopg's list dumper takes in Python."""
+    return "{" + ",".join([m.isoformat() for m in moments]) + "}"
+
+
 def bucket_usage(
     session: Session, team_id: str, bounds: Sequence[datetime], now: datetime,
     stale_after: timedelta,
@@ -140,36 +147,49 @@ def bucket_usage(
     Settled usage comes from the hourly rollups, except in hours that a bound cuts, which
     are integrated exactly from segments; open executions are always integrated live.
     """
+    used = bucket_totals(session, team_id, bounds, now, stale_after)
+    return [BucketUsage(bounds[i], bounds[i + 1], *used.get(i, (0, 0)))
+            for i in range(len(bounds) - 1)]
+
+
+def bucket_totals(
+    session: Session, team_id: str, bounds: Sequence[datetime], now: datetime,
+    stale_after: timedelta,
+) -> dict[int, tuple[int, int]]:
+    """`bucket_usage` for long series: (vCPU-ms, MiB-ms) by bucket index, only the buckets
+    with usage (a year of hours is 8,760 buckets, most of them empty)."""
     if len(bounds) < 2:
-        return []
-    totals = [[0, 0] for _ in range(len(bounds) - 1)]
+        return {}
+    count = len(bounds) - 1
+    totals: dict[int, list[int]] = {}
 
     def add(rows: Any, shift: int = 0) -> None:
         for r in rows:
             index = int(r[0]) - 1 + shift
-            if 0 <= index < len(totals):
-                totals[index][0] += int(r[1] or 0)
-                totals[index][1] += int(r[2] or 0)
+            if 0 <= index < count:
+                slot = totals.setdefault(index, [0, 0])
+                slot[0] += int(r[1] or 0)
+                slot[1] += int(r[2] or 0)
 
     params = {"team_id": team_id, "now": now, "stale": stale_after}
-    partial = sorted({_floor_hour(b) for b in bounds if b != _floor_hour(b)})
+    everything = timestamptz_array(bounds)
+    partial = sorted({_floor_hour(b) for b in bounds if b.minute or b.second or b.microsecond})
     statements: list[tuple[Any, dict[str, Any]]] = [
         (_BUCKETED_OPEN, {**params, "start": bounds[0], "end": bounds[-1],
-                          "bounds": list(bounds)}),
-        (_ROLLUPS, {"team_id": team_id, "bounds": list(bounds), "start": _floor_hour(bounds[0]),
+                          "bounds": everything}),
+        (_ROLLUPS, {"team_id": team_id, "bounds": everything, "start": _floor_hour(bounds[0]),
                     "end": bounds[-1], "partial": partial})]
     shifts = [0, 0]
     for hour in partial:
         lo, hi = max(hour, bounds[0]), min(hour + timedelta(hours=1), bounds[-1])
         inner = [lo, *(b for b in bounds if lo < b < hi), hi]
-        shifts.append(max(i for i, b in enumerate(bounds) if b <= lo))
+        shifts.append(bisect_right(bounds, lo) - 1)
         statements.append((_BUCKETED_SETTLED, {**params, "start": lo, "end": hi,
                                                "bounds": inner}))
     # One round trip: open executions, rollups and every partial hour.
     for rows, shift in zip(pipeline(session, statements), shifts, strict=True):
         add(rows, shift)
-    return [BucketUsage(bounds[i], bounds[i + 1], totals[i][0], totals[i][1])
-            for i in range(len(totals))]
+    return {i: (v, m) for i, (v, m) in totals.items() if v or m}
 
 
 def execution_usage(

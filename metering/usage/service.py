@@ -6,9 +6,10 @@ Prices come from the installed `Billing` (plan versions), see `metering.plugins`
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
 from typing import Any
@@ -100,22 +101,30 @@ def priced_usage(
     stale_after: timedelta, schedule: PriceSchedule | None = None,
 ) -> list[PricedBucket]:
     """Usage and exact (unrounded) cost per bucket, each piece priced by the version in force."""
+    used = _priced_totals(session, team_id, bounds, now, stale_after, schedule)
+    zero = Decimal(0)
+    return [PricedBucket(lo, hi, *used.get(i, (0, 0, zero)))
+            for i, (lo, hi) in enumerate(pairwise(bounds))]
+
+
+def _priced_totals(
+    session: Session, team_id: str, bounds: list[datetime], now: datetime,
+    stale_after: timedelta, schedule: PriceSchedule | None = None,
+) -> dict[int, tuple[int, int, Decimal]]:
+    """(vCPU-ms, MiB-ms, exact cost) by bucket index, only the buckets with usage; a bucket
+    that a price change cuts is priced piece by piece."""
     schedule = schedule or schedule_for(session, team_id, bounds[0], bounds[-1])
     cuts = schedule.cuts(bounds[0], bounds[-1])
-    fine = sorted(set(bounds) | set(cuts))
-    pieces = repo.bucket_usage(session, team_id, fine, now, stale_after)
-    out: list[PricedBucket] = []
-    index = 0
-    for lo, hi in pairwise(bounds):
-        vcpu_ms = mib_ms = 0
-        cost = Decimal(0)
-        while index < len(pieces) and pieces[index].start < hi:
-            piece = pieces[index]
-            vcpu_ms += piece.vcpu_ms
-            mib_ms += piece.mib_ms
-            cost = add(cost, schedule.at(piece.start).prices.cost(piece.vcpu_ms, piece.mib_ms))
-            index += 1
-        out.append(PricedBucket(lo, hi, vcpu_ms, mib_ms, cost))
+    fine = sorted(set(bounds) | set(cuts)) if cuts else bounds
+    out: dict[int, tuple[int, int, Decimal]] = {}
+    for piece, (piece_v, piece_m) in sorted(
+            repo.bucket_totals(session, team_id, fine, now, stale_after).items()):
+        start = fine[piece]
+        index = bisect_right(bounds, start) - 1 if cuts else piece
+        cost = schedule.at(start).prices.cost(piece_v, piece_m)
+        before = out.get(index)
+        out[index] = ((piece_v, piece_m, cost) if before is None else
+                      (before[0] + piece_v, before[1] + piece_m, add(before[2], cost)))
     return out
 
 
@@ -157,25 +166,56 @@ def _stale(settings: Settings) -> timedelta:
     return timedelta(seconds=settings.stale_after_s)
 
 
+def _utc_text(moment: datetime) -> str:
+    """`rfc3339` for the many bounds of a series (C-level formatting: same text)."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _in_utc(moment: datetime | None) -> datetime | None:
+    """A time whose offset is zero, in `datetime.UTC` itself (the same instant and the same
+    calendar), so the bounds of a long series format without a conversion each."""
+    if moment is None or moment.tzinfo is UTC or moment.utcoffset():
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def usage_answer(
+    session: Session, settings: Settings, team_id: str, start: datetime | None,
+    end: datetime | None, granularity: str,
+) -> dict[str, Any]:
+    """The body of `GET /v1/teams/{team_id}/usage` (`UsageOut`'s shape) as plain data, cheap
+    to serialize: a year of hours is 8,760 points, most of them zero."""
+    now = now_ms_truncated()
+    bounds = bucket_bounds(_in_utc(start) or month_start(now), _in_utc(end) or now, granularity)
+    used = _priced_totals(session, team_id, bounds, now, _stale(settings))
+    texts = [_utc_text(b) for b in bounds]
+    series = [{"start": texts[i], "end": texts[i + 1], "vcpu_seconds": "0",
+               "gib_seconds": "0", "cost": "0"} for i in range(len(bounds) - 1)]
+    total_v = total_m = 0
+    for i, (vcpu_ms, mib_ms, cost) in used.items():
+        total_v += vcpu_ms
+        total_m += mib_ms
+        series[i].update(vcpu_seconds=fmt(vcpu_seconds(vcpu_ms)),
+                         gib_seconds=fmt(gib_seconds(mib_ms)), cost=fmt(cost))
+    return {"team_id": team_id, "granularity": granularity, "currency": settings.currency,
+            "series": series,
+            "totals": {"vcpu_seconds": fmt(vcpu_seconds(total_v)),
+                       "gib_seconds": fmt(gib_seconds(total_m)),
+                       "cost": fmt(add(*(cost for _, _, cost in used.values())))}}
+
+
 def usage_series(
     session: Session, settings: Settings, team_id: str, start: datetime | None,
     end: datetime | None, granularity: str,
 ) -> UsageOut:
     """Usage and cost per bucket from `start` (default: the month's start) to `end` (now)."""
-    now = now_ms_truncated()
-    bounds = bucket_bounds(start or month_start(now), end or now, granularity)
-    buckets = priced_usage(session, team_id, bounds, now, _stale(settings))
-    total_v = sum(b.vcpu_ms for b in buckets)
-    total_m = sum(b.mib_ms for b in buckets)
-    total_c = sum((b.cost for b in buckets), start=vcpu_seconds(0))
+    answer = usage_answer(session, settings, team_id, start, end, granularity)
     return UsageOut(
-        team_id=team_id, granularity=granularity, currency=settings.currency,
-        series=[UsagePoint(
-            start=rfc3339(b.start), end=rfc3339(b.end),
-            vcpu_seconds=fmt(vcpu_seconds(b.vcpu_ms)), gib_seconds=fmt(gib_seconds(b.mib_ms)),
-            cost=fmt(b.cost)) for b in buckets],
-        totals=UsageTotals(vcpu_seconds=fmt(vcpu_seconds(total_v)),
-                           gib_seconds=fmt(gib_seconds(total_m)), cost=fmt(total_c)))
+        team_id=answer["team_id"], granularity=answer["granularity"],
+        currency=answer["currency"], series=[UsagePoint(**p) for p in answer["series"]],
+        totals=UsageTotals(**answer["totals"]))
 
 
 def execution_rows(session: Session, settings: Settings, team_id: str, rows: Sequence[Any],

@@ -173,3 +173,35 @@ def test_bad_read_parameters_are_named(client: TestClient, api_keys: Keys) -> No
     assert response.status_code == 400 and "end" in response.json()["error"]["message"]
     response = client.get("/v1/teams/team_1/sandboxes", params={"after": "garbage!"}, headers=Keys.auth(api_keys.finance))
     assert response.status_code == 400 and "after" in response.json()["error"]["message"]
+
+
+def test_a_year_of_hours_answers_every_hour_with_its_usage(
+    client: TestClient, api_keys: Keys
+) -> None:
+    t0 = datetime(2026, 3, 9, 10, 30, tzinfo=UTC)
+    post(client, api_keys, [
+        event("created", time=iso(t0), vcpu=2, memory_mib=1024),
+        event("killed", time=iso(t0 + timedelta(minutes=45))),
+    ])
+    year = usage(client, api_keys.finance, "team_1", datetime(2026, 1, 1, tzinfo=UTC),
+                 datetime(2027, 1, 1, tzinfo=UTC), "hour")
+    series = year["series"]
+    assert len(series) == 8760
+    assert series[0]["start"] == "2026-01-01T00:00:00.000Z"
+    assert series[-1]["end"] == "2027-01-01T00:00:00.000Z"
+    used = [p for p in series if p["vcpu_seconds"] != "0"]
+    # 30 min x 2 vCPU in the 10:00 hour, 15 min in the 11:00 hour; 1 GiB throughout.
+    assert used == [
+        {"start": "2026-03-09T10:00:00.000Z", "end": "2026-03-09T11:00:00.000Z",
+         "vcpu_seconds": "3600", "gib_seconds": "1800", "cost": "0.0585"},
+        {"start": "2026-03-09T11:00:00.000Z", "end": "2026-03-09T12:00:00.000Z",
+         "vcpu_seconds": "1800", "gib_seconds": "900", "cost": "0.02925"}]
+    assert series[1] == {"start": "2026-01-01T01:00:00.000Z", "end": "2026-01-01T02:00:00.000Z",
+                         "vcpu_seconds": "0", "gib_seconds": "0", "cost": "0"}
+    assert year["totals"] == {"vcpu_seconds": "5400", "gib_seconds": "2700", "cost": "0.08775"}
+    # A range that does not start on the hour: its first bucket is the part hour.
+    part = usage(client, api_keys.finance, "team_1", t0 + timedelta(minutes=15),
+                 t0 + timedelta(hours=2), "hour")
+    assert [(p["start"], p["vcpu_seconds"]) for p in part["series"]] == [
+        ("2026-03-09T10:45:00.000Z", "1800"), ("2026-03-09T11:00:00.000Z", "1800"),
+        ("2026-03-09T12:00:00.000Z", "0")]
