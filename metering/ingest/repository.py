@@ -146,7 +146,9 @@ SELECT array_agg(x ORDER BY x), array_agg(timestamptz 'epoch' + ms * interval '1
 FROM json_to_recordset(CAST(:rows AS json)) AS u(x text, ms bigint)
 """)
 
-# One statement, one round trip: drain a chunk of the log (oldest first), take each
+# One statement, one round trip: drain a chunk of the log (oldest first; its entries locked
+# in seq order first, so two passes draining at once, the liveness job's and the settle's,
+# wait for each other instead of deadlocking on the entries they delete), take each
 # execution's newest time and whether it came only from entries a pass put back (nothing new
 # arrived for it since), write what must be written, put back the rest. Rows are locked in
 # id order (the order ingest and the sweeps use), so a pass and an ingest wait for each other
@@ -154,7 +156,7 @@ FROM json_to_recordset(CAST(:rows AS json)) AS u(x text, ms bigint)
 _LIVENESS = text("""
 WITH drained AS (
     DELETE FROM liveness_log
-    WHERE seq IN (SELECT seq FROM liveness_log ORDER BY seq LIMIT :limit)
+    WHERE seq IN (SELECT seq FROM liveness_log ORDER BY seq LIMIT :limit FOR UPDATE)
     RETURNING carried, execution_ids, newest
 ), n AS (
     SELECT u.execution_id, max(u.newest) AS newest, bool_and(d.carried) AS quiet
