@@ -6,6 +6,8 @@ CLI that wire both live here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -135,9 +137,14 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db_async.open_pool(app.state, app.state.engine, size=10)
+        refresher = asyncio.create_task(
+            plan_service.keep_versions_fresh(app.state.read_sessions))
         try:
             yield
         finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
             await db_async.close_pool(app.state)
             app.state.engine.dispose()
             app.state.read_engine.dispose()

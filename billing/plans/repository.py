@@ -18,8 +18,11 @@ from metering.core.limits import LIMIT_FIELDS, AddOn, LimitOverride
 from metering.plugins import TeamRead
 
 # Plan versions change rarely and are read on every admission: each process keeps them for a
-# few seconds (a new version is normally effective in the future anyway).
+# few seconds (a new version is normally effective in the future anyway). An API process
+# reads them again every `REFRESH_SECONDS` in the background (`billing.app`), so admissions
+# answered on the event loop never find the cache expired and detour to the threaded path.
 _CACHE_SECONDS = 5.0
+REFRESH_SECONDS = _CACHE_SECONDS / 2
 _cache: tuple[float, dict[str, list[Version]]] | None = None
 _cache_lock = threading.Lock()
 

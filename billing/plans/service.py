@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,8 +10,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from billing.accounts import repository as team_settings
 from billing.core import plan_versions as core
@@ -28,6 +31,8 @@ from metering.db import pipeline
 from metering.errors import BadRequest, NotFound
 from metering.plugins import Prefetch, Standing, TeamLimits, TeamRead
 from metering.teams.models import Team
+
+log = logging.getLogger(__name__)
 
 
 def _version_in(versions: dict[str, list[core.Version]], ctx: repo.TeamContext,
@@ -304,3 +309,21 @@ def workload_quote(session: Session, code: str, vcpu: int, memory_mib: int, seco
         memory_cost=fmt(q.memory_cost), usage_cost=fmt_minor(q.total),
         monthly_fee=fmt_minor(version.monthly_fee),
         total=fmt_minor(add(q.total, version.monthly_fee)))
+
+
+def refresh_versions(sessions: sessionmaker[Session]) -> None:
+    """Read the plan versions into this process's cache now."""
+    with sessions() as session:
+        repo.all_versions(session, fresh=True)
+
+
+async def keep_versions_fresh(sessions: sessionmaker[Session]) -> None:
+    """Refresh the plan-version cache every `REFRESH_SECONDS` until cancelled (the API
+    process's lifespan runs it). A failed read only lets the cache age: admissions then read
+    the versions themselves, as without this task."""
+    while True:
+        try:
+            await anyio.to_thread.run_sync(refresh_versions, sessions)
+        except Exception as exc:  # the cache is an optimisation, never fatal
+            log.debug("plan versions not refreshed: %s", type(exc).__name__)
+        await anyio.sleep(repo.REFRESH_SECONDS)

@@ -176,3 +176,28 @@ def test_admission_needs_an_ingest_key(client: TestClient, api_keys: Keys) -> No
     r = client.post("/v1/admissions", json={"team_id": "t", "sandbox_id": "s", "vcpu": 0, "memory_mib": 1},
                     headers=Keys.auth(api_keys.ingest))
     assert r.status_code == 422 and "vcpu" in r.json()["error"]["message"]
+
+
+def test_pro_admissions_stay_on_the_event_loop_past_the_plan_cache_lifetime(
+    client: TestClient, api_keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API process refreshes its plan versions in the background, so admissions a known
+    Pro team makes keep their fast path however long the process runs (a lapsed cache used to
+    send the team to the slower threaded path for 10 s)."""
+    import time
+
+    from billing.plans import repository as plan_repo
+
+    monkeypatch.setattr(plan_repo, "_CACHE_SECONDS", 1.5)
+    monkeypatch.setattr(plan_repo, "REFRESH_SECONDS", 0.2)
+    put_team(client, api_keys, "team_fast", plan="pro")
+    client.post("/v1/teams/team_fast/overrides", json={"concurrency": 100, "starts_per_second": 100},
+                headers=Keys.auth(api_keys.finance))
+    assert admit(client, api_keys, "team_fast", "warm").status_code == 200  # the team is known
+    before = paths()
+    for i in range(20):  # 4 s: well over two cache lifetimes
+        assert admit(client, api_keys, "team_fast", f"sbx_{i}").status_code == 200
+        time.sleep(0.2)
+    after = paths()
+    taken = {p: after.get(p, 0) - before.get(p, 0) for p in ("loop", "thread", "fallback")}
+    assert taken == {"loop": 20, "thread": 0, "fallback": 0}, taken
