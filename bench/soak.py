@@ -61,6 +61,11 @@ BLOCK = 1000  # sandboxes per ingest batch
 AHEAD_S = 2.0  # a second's batches are built this long before they are due
 GIVE_UP_S = 60.0  # a batch this late is dropped (counted) instead of sent
 HELD = 0.98
+# The machine's floor, measured under the same load: what a request that does nothing (or a
+# database round trip that does nothing) waits for CPU alone.
+FLOOR_HTTP = "floor: GET /healthz"
+FLOOR_DB = "floor: PostgreSQL SELECT 1"
+FLOOR_RATE = 10.0
 JOBS_SHOWN = frozenset({"enforce_limits", "refresh_liveness", "fold_samples", "settle_stale",
                         "fold_rollup_deltas", "deliver_webhooks"})
 
@@ -251,8 +256,10 @@ def ingest_process(index: int, generators: int, plan: Plan, start: float, host: 
 
 def mixed_process(plan: Plan, start: float, host: str, port: int, ingest_key: str,
                   finance_key: str, admission_teams: list[str], admissions: float,
-                  reads: float, out: Any) -> None:
-    """Admissions and dashboard reads, each stream on its own schedule."""
+                  reads: float, database_url: str, out: Any) -> None:
+    """Admissions and dashboard reads, each stream on its own schedule; and the machine's
+    floor under the same load: `/healthz` (answered on the event loop, nothing else) and a
+    bare `SELECT 1` round trip to PostgreSQL, each 10 times a second."""
     records: list[Record] = []
     admit_head = (f"POST /v1/admissions HTTP/1.1\r\nHost: {host}\r\n"
                   f"Authorization: Bearer {ingest_key}\r\nContent-Type: application/json\r\n"
@@ -281,6 +288,19 @@ def mixed_process(plan: Plan, start: float, host: str, port: int, ingest_key: st
         endpoint, path = choices[n % len(choices)]
         return endpoint, read_head(path), b""
 
+    health_head = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n".encode()
+
+    def health(_: int) -> tuple[str, bytes, bytes]:
+        return FLOOR_HTTP, health_head, b""
+
+    async def database_floor() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            for n in range(int(plan.seconds * FLOOR_RATE)):
+                due = start + n / FLOOR_RATE
+                await _sleep_until(due)
+                await (await conn.execute("SELECT 1")).fetchone()
+                records.append((FLOOR_DB, due, time.time(), 200, 0))
+
     async def stream(rate: float, make: Callable[[int], tuple[str, bytes, bytes]],
                      connections: int) -> None:
         if rate <= 0:
@@ -308,7 +328,8 @@ def mixed_process(plan: Plan, start: float, host: str, port: int, ingest_key: st
     async def main() -> None:
         done = asyncio.Event()
         forward = asyncio.create_task(_forward(records, out, done))
-        await asyncio.gather(stream(admissions, admission, 16), stream(reads, read, 16))
+        await asyncio.gather(stream(admissions, admission, 16), stream(reads, read, 16),
+                             stream(FLOOR_RATE, health, 2), database_floor())
         done.set()
         await forward
         out.put(records[:])
@@ -542,7 +563,7 @@ def main() -> None:
             for i in range(args.generators)]
         loaders.append(multiprocessing.get_context("fork").Process(
             target=mixed_process, args=(plan, start, host, port, ingest, finance,
-                                        admission_teams, args.admissions, args.reads, out),
+                                        admission_teams, args.admissions, args.reads, url, out),
             daemon=True))
         for loader in loaders:
             loader.start()

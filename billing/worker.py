@@ -8,11 +8,15 @@ locks), so the worker scales out without coordination.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +34,8 @@ from metering.scheduling import JobEntry
 
 log = logging.getLogger(__name__)
 
+ORCHESTRATOR_POOL = "orchestrator"
+
 Schedule = Callable[[sessionmaker[Session], Settings], list[JobEntry]]
 
 SCHEDULES: tuple[Schedule, ...] = (
@@ -38,11 +44,29 @@ SCHEDULES: tuple[Schedule, ...] = (
     stripe_jobs.schedule)
 
 
-def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
+_thread_nice = threading.local()
+
+
+def _set_thread_nice(nice: int) -> None:
+    """Lower the calling thread's CPU priority to this nice value (only this thread: Linux
+    schedules threads one by one), once per thread; where that is not possible the job simply
+    runs at the process's priority. Only the background pool's threads are lowered: the
+    orchestrator's jobs have a pool of their own, so none of them runs on a lowered thread."""
+    if nice <= 0 or getattr(_thread_nice, "set", False):
+        return
+    _thread_nice.set = True
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
+        thread = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, thread) < nice:  # lower only, never raise
+            os.setpriority(os.PRIO_PROCESS, thread, nice)
+
+
+def _guarded(name: str, job: Callable[[], object], nice: int = 0) -> Callable[[], None]:
     unreachable = False  # this job's last run found the database down
 
     def run() -> None:
         nonlocal unreachable
+        _set_thread_nice(nice)
         started = time.perf_counter()
         failed = False
         try:
@@ -82,10 +106,15 @@ def _count_skipped(event: JobEvent) -> None:
 
 
 def start_scheduler(sessions: sessionmaker[Session], settings: Settings) -> BackgroundScheduler:
-    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
-        "coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+    # Two pools: the orchestrator's jobs (kill orders, their delivery) at the process's CPU
+    # priority, every other job on threads lowered to `jobs_nice`.
+    scheduler = BackgroundScheduler(timezone="UTC", executors={
+        "default": ThreadPoolExecutor(10), ORCHESTRATOR_POOL: ThreadPoolExecutor(4),
+    }, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     scheduler.add_listener(_count_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
-    for name, interval, job in job_table(sessions, settings):
-        scheduler.add_job(_guarded(name, job), "interval", seconds=interval, id=name, name=name)
+    for name, interval, job, orchestrator in job_table(sessions, settings):
+        nice = 0 if orchestrator else settings.jobs_nice
+        scheduler.add_job(_guarded(name, job, nice), "interval", seconds=interval, id=name,
+                          name=name, executor=ORCHESTRATOR_POOL if orchestrator else "default")
     scheduler.start()
     return scheduler

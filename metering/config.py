@@ -92,6 +92,9 @@ class Settings(BaseSettings):
 
     # Worker
     run_scheduler: bool = True
+    # CPU priority (nice) of every job's thread but the enforcement sweep and the webhook
+    # delivery; 0 runs them at the process's own priority.
+    jobs_nice: int = Field(default=10, ge=0, le=19)
     sweep_interval_s: float = 1.0  # float-ok
     fold_interval_s: float = 5.0  # float-ok
     close_interval_s: float = 600.0  # float-ok: how often the worker looks for a month to close

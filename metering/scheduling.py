@@ -18,6 +18,10 @@ class JobEntry(NamedTuple):
     name: str
     interval_s: float  # float-ok: a schedule, not money
     run: Callable[[], object]
+    # On the orchestrator's path (kill orders and their delivery): runs at the process's own
+    # CPU priority. Every other job runs at a lower one (`Settings.jobs_nice`), so when the
+    # machine is saturated the jobs slow down before ingest and admissions do.
+    orchestrator: bool = False
 
 
 # Tables emptied by DELETE every few seconds (the liveness log, the rollup deltas) are

@@ -54,7 +54,7 @@ def deliver_webhooks(
 def schedule(sessions: sessionmaker[Session], settings: Settings) -> list[JobEntry]:
     return [
         JobEntry("enforce_limits", settings.sweep_interval_s,
-                 lambda: sweep_enforcement(sessions, settings.stale_after_s)),
+                 lambda: sweep_enforcement(sessions, settings.stale_after_s), orchestrator=True),
         JobEntry("deliver_webhooks", settings.sweep_interval_s,
-                 lambda: deliver_webhooks(sessions, settings)),
+                 lambda: deliver_webhooks(sessions, settings), orchestrator=True),
     ]

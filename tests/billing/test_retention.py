@@ -213,7 +213,7 @@ def test_the_partition_job_makes_the_current_and_the_next_month_ahead(
         "2026-12", "2027-01"]
     assert jobs.maintain_sample_partitions(sessions) == []
     assert partitions(sessions) == ["2026-12", "2027-01"]
-    names = {name for name, _, _ in worker.job_table(sessions, settings)}
+    names = {entry.name for entry in worker.job_table(sessions, settings)}
     assert {"sample_partitions", "sample_retention"} <= names
 
 
