@@ -85,7 +85,11 @@ def refresh_liveness_paced(sessions: sessionmaker[Session], stale_after_s: int =
     finally:
         _liveness_pacer.ran(started)
         if _liveness_vacuum():
-            vacuum(sessions, "liveness_log")
+            # The running executions' rows are rewritten every few seconds (their newest
+            # sample time, by this pass): vacuuming them here keeps the sweep's and the
+            # reads' index scans short whatever autovacuum's schedule (only pages changed
+            # since the last vacuum are visited: tens of milliseconds at 20,000 running).
+            vacuum(sessions, "liveness_log", "executions")
 
 
 # Minute slices of pending samples are made a minute past the farthest future an event may
