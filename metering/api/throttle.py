@@ -5,6 +5,11 @@ An ASGI middleware: a request over its key's allowance is answered `429 rate_lim
 read past the process's read capacity is answered `503 overloaded`. Limits are per role
 (`Settings.key_limits`) and per key id (`Settings.key_limit_overrides`).
 
+A request costs one token; a request whose answer is large costs more, charged once it is
+known (`charge`): a year of hourly usage is 8,760 points and costs a token per 1,000 of them
+besides its own, so a key's allowance bounds the work it causes, not only its request count.
+A key whose bucket a charge took below zero waits until it refills.
+
 The key is known by a digest of the presented token. Its role is learned when the token is
 authenticated (`remember`), so a key this process has not yet seen authenticated has the
 `unresolved` allowance; the allowance only ever refuses early, it never grants access.
@@ -52,6 +57,27 @@ def remember(token: str, key_id: str, role: str) -> None:
 
 def forget_all() -> None:
     _known.clear()
+
+
+CHARGE = "metering.throttle.charge"  # the scope entry a handler adds its extra cost to
+POINTS_PER_TOKEN = 1000
+
+
+class Charge:
+    """The extra tokens a request costs beyond its first, added by its handler."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+
+def charge(scope: Scope | dict[str, object], points: int) -> None:
+    """Charge the request's key for an answer of `points` items (series points, rows): a
+    token per `POINTS_PER_TOKEN` beyond the request's own. Call it on the event loop."""
+    found = scope.get(CHARGE)
+    if isinstance(found, Charge):
+        found.tokens += points // POINTS_PER_TOKEN
 
 
 def limit_for(settings: Settings, known: KnownKey | None) -> KeyLimit:
@@ -126,6 +152,7 @@ class Throttle:
             return
         token = _token(scope)
         bucket = None
+        extra: Charge | None = None
         headers: list[tuple[bytes, bytes]] = []
         if token is not None:
             fp = fingerprint(token)
@@ -150,6 +177,7 @@ class Throttle:
                 return
             if limit.rate:
                 bucket.tokens -= 1
+                extra = Charge()
         capacity = bulkhead.capacity(scope["app"].state) if klass == "read" else None
         if capacity is not None and not capacity.try_enter_read():
             await _answer(send, 503, "overloaded",
@@ -158,6 +186,8 @@ class Throttle:
             return
         if bucket is not None:
             bucket.in_flight += 1
+        if extra is not None:
+            scope[CHARGE] = extra
         try:
             if headers:
                 await self.app(scope, receive, _with_headers(send, headers))
@@ -166,6 +196,9 @@ class Throttle:
         finally:
             if bucket is not None:
                 bucket.in_flight -= 1
+                if extra is not None and extra.tokens:
+                    # May go below zero: the key then waits for its bucket to refill.
+                    bucket.tokens -= extra.tokens
             if capacity is not None:
                 capacity.leave_read()
 

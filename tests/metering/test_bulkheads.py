@@ -159,3 +159,38 @@ def test_a_key_with_its_requests_in_flight_used_up_gets_429() -> None:
         return [first, second, other, again]
 
     assert asyncio.run(scenario()) == [200, 429, 200, 200]
+
+
+def test_a_long_usage_series_costs_its_key_more_of_its_allowance(
+    database_url: str, engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    """A year of hours (8,760 points) costs 9 tokens, a whole burst of 9: the key's next
+    request is refused with the wait its bucket needs; a year of days (365 points) costs one."""
+    _, hours_key = new_key(sessions, "team", "team_1")
+    _, days_key = new_key(sessions, "team", "team_1")
+    settings = Settings(database_url=None, run_scheduler=False,
+                        key_limits={"team": KeyLimit(rate=0.5, burst=9, concurrency=4)})
+    app = create_app(settings, database_url=database_url, migrate_on_start=False)
+    throttle.forget_all()
+    year = {"start": "2026-01-01T00:00:00Z", "end": "2027-01-01T00:00:00Z"}
+    try:
+        with TestClient(app) as client:
+            for key in (hours_key, days_key):  # each key's role is learned first
+                assert client.get("/v1/teams/team_1", headers=Keys.auth(key)).status_code == 404
+            hourly = client.get("/v1/teams/team_1/usage", params={**year, "granularity": "hour"},
+                                headers=Keys.auth(hours_key))
+            assert hourly.status_code == 200 and len(hourly.json()["series"]) == 8760
+            refused = client.get("/v1/teams/team_1", headers=Keys.auth(hours_key))
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "rate_limited"
+            assert int(refused.headers["retry-after"]) >= 2  # 1 token short: 2 s at 0.5/s
+            assert refused.headers["ratelimit-remaining"] == "0"
+
+            daily = client.get("/v1/teams/team_1/usage", params={**year, "granularity": "day"},
+                               headers=Keys.auth(days_key))
+            assert daily.status_code == 200 and len(daily.json()["series"]) == 365
+            assert client.get("/v1/teams/team_1", headers=Keys.auth(days_key)).status_code == 404
+    finally:
+        app.state.engine.dispose()
+        app.state.read_engine.dispose()
+        throttle.forget_all()
