@@ -10,6 +10,7 @@ reads its attributes, and the live endpoint answers it as JSON for the page's re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -30,7 +31,7 @@ from metering.api.pagination import decode_cursor, encode_cursor
 from metering.auth.service import Principal
 from metering.config import Settings
 from metering.core.clock import format_period, month_start, rfc3339, utc_now
-from metering.core.limits import PlanLimits
+from metering.core.limits import LimitField, PlanLimits
 from metering.errors import BadRequest, MeteringError, NotFound
 from metering.usage import ExecutionOut, UsageOut
 
@@ -91,20 +92,28 @@ def chart_range(code: str | None) -> ChartRange:
     return RANGES.get(code or DEFAULT_RANGE, RANGES[DEFAULT_RANGE])
 
 
+def _count(value: int) -> str:
+    return f"{value:,}"
+
+
+# How the overview shows each limit, in the order shown (a test holds it to `LIMIT_FIELDS`).
+LIMIT_LABELS: dict[LimitField, tuple[str, Callable[[int], str]]] = {
+    "concurrency": ("Concurrent sandboxes", _count),
+    "starts_per_second": ("Starts per second", _count),
+    "max_execution_s": ("Longest run", fmt.duration),
+    "max_vcpu": ("vCPU per sandbox", _count),
+    "max_memory_mib": ("Memory per sandbox", fmt.memory),
+    "max_disk_mib": ("Disk per sandbox", fmt.memory),
+}
+
+
 def team_view(team: TeamOut) -> views.TeamView:
-    limits = PlanLimits(**team.limits.model_dump())
+    limits = PlanLimits(**team.limits.model_dump()).as_dict()
     return views.TeamView(
         id=team.id, name=team.name or team.id, plan=team.plan, href=team_href(team.id),
         blocked=team.blocked, blocked_reason=team.blocked_reason,
         credit_enforced=team.credit_enforced,
-        limits=[
-            ("Concurrent sandboxes", f"{limits.concurrency:,}"),
-            ("Starts per second", f"{limits.starts_per_second:,}"),
-            ("Longest run", fmt.duration(limits.max_execution_s)),
-            ("vCPU per sandbox", f"{limits.max_vcpu:,}"),
-            ("Memory per sandbox", fmt.memory(limits.max_memory_mib)),
-            ("Disk per sandbox", fmt.memory(limits.max_disk_mib)),
-        ],
+        limits=[(label, shown(limits[name])) for name, (label, shown) in LIMIT_LABELS.items()],
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from billing.accounts.schemas import OverrideIn
+from billing.dashboard.service import LIMIT_LABELS
 from billing.models import metadata
 from billing.plans import repository as plans_repo
 from billing.plans.schemas import LimitsOut, LimitsPatch, PlanVersionIn, PlanVersionOut
@@ -28,6 +29,7 @@ def test_the_api_models_and_tables_carry_exactly_the_core_limits() -> None:
         assert not versions[name].nullable  # every version states every limit
         assert overrides[name].nullable  # an override sets some
         assert name in plans_repo.CONTEXT_SQL
+    assert set(LIMIT_LABELS) == set(LIMIT_FIELDS)  # the dashboard shows every limit
 
 
 def test_a_patch_takes_each_limit_from_its_least_value() -> None:
