@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -130,6 +131,17 @@ SELECT
   t.id IS NOT NULL, t.blocked_at, t.blocked_reason, t.spend_limit
 FROM (SELECT 1) one LEFT JOIN teams t ON t.id = %(t)s
 """)
+
+
+# `CONTEXT_SQL` for each team of `%(teams)s`, its row headed by the team's id.
+CONTEXTS_SQL = ("SELECT q.team_id, x.* FROM unnest(CAST(%(teams)s AS text[])) AS q(team_id) "
+                "CROSS JOIN LATERAL (" + CONTEXT_SQL.replace("%(t)s", "q.team_id") + ") x")
+
+
+def team_contexts(session: Session, team_ids: Sequence[str]) -> dict[str, TeamContext]:
+    """`team_context` of many teams in one statement."""
+    rows = session.connection().exec_driver_sql(CONTEXTS_SQL, {"teams": sorted(set(team_ids))})
+    return {row[0]: context_from_row(row[1:]) for row in rows}
 
 
 def _ts(value: str | None) -> datetime | None:

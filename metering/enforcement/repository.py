@@ -7,7 +7,7 @@ feed can page by `seq` without ever passing over a row that is still uncommitted
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,15 +23,12 @@ KILL_ORDER_LOCK = 0x6B696C6C  # "kill"
 
 @dataclass(frozen=True, slots=True)
 class RunningExecution:
-    """A running execution without a kill order, and whether its team is blocked."""
+    """A running execution without a kill order."""
 
     execution_id: str
     team_id: str
     sandbox_id: str
     start_at: datetime | None  # None: only samples seen so far, its created event is late
-    team_blocked: bool
-    vcpu: int | None
-    memory_mib: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +53,58 @@ class KillOrderRow:
     issued_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class RunningTeam:
+    """A team's running executions without a kill order, added up: what the sweep judges a
+    team on before it fetches any execution."""
+
+    team_id: str
+    executions: int
+    vcpu: int  # totals; an unknown size counts as 0
+    memory_mib: int
+    oldest_start: datetime | None  # None: no start known yet
+    unknown_starts: bool  # some created events are still on their way
+    blocked: bool
+
+
 # Open executions are few (at most the fleet's concurrency) and sit in a partial index, so
 # judging all of them every second costs one small index scan. Executions that already have
-# their kill order are left out: nothing more can happen to them. Each team's oldest come first
-# (unknown starts last), which the sweep relies on to stop early.
-_RUNNING = text(f"""
-SELECT e.execution_id, e.team_id, e.sandbox_id, e.start_at, (t.blocked_at IS NOT NULL),
-       e.vcpu, e.memory_mib
-FROM executions e
-LEFT JOIN teams t ON t.id = e.team_id
-WHERE {RUNNING}
-  AND NOT EXISTS (SELECT 1 FROM kill_orders k WHERE k.execution_id = e.execution_id)
-ORDER BY e.team_id, e.start_at, e.execution_id
+# their kill order are left out: nothing more can happen to them.
+_WITHOUT_KILL_ORDER = (
+    "NOT EXISTS (SELECT 1 FROM kill_orders k WHERE k.execution_id = e.execution_id)")
+
+# Every second, one row per team: the executions themselves are fetched only for the teams
+# with a kill due (`due_executions`).
+_RUNNING_TEAMS = text(f"""
+SELECT a.team_id, a.n, a.vcpu, a.memory_mib, a.oldest, a.unknown, (t.blocked_at IS NOT NULL)
+FROM (SELECT e.team_id, count(*) AS n, CAST(coalesce(sum(e.vcpu), 0) AS bigint) AS vcpu,
+             CAST(coalesce(sum(e.memory_mib), 0) AS bigint) AS memory_mib,
+             min(e.start_at) AS oldest, bool_or(e.start_at IS NULL) AS unknown
+      FROM executions e
+      WHERE {RUNNING} AND {_WITHOUT_KILL_ORDER}
+      GROUP BY e.team_id) a
+LEFT JOIN teams t ON t.id = a.team_id
+ORDER BY a.team_id
+""")
+
+# The running executions without a kill order of some teams: all of them (`every`), or those
+# started at or before a team's cutoff (`cut_teams`, `cutoffs`: past the max duration; unknown
+# starts never are). Each team's oldest first, unknown starts last.
+_DUE = text(f"""
+WITH due AS (
+    SELECT a.team_id, CAST(NULL AS timestamptz) AS cutoff
+    FROM unnest(CAST(:every AS text[])) AS a(team_id)
+    UNION ALL
+    SELECT c.team_id, c.cutoff
+    FROM unnest(CAST(:cut_teams AS text[]), CAST(:cutoffs AS timestamptz[])) AS c(team_id, cutoff)
+)
+SELECT due.team_id, e.execution_id, e.sandbox_id, e.start_at
+FROM due CROSS JOIN LATERAL (
+    SELECT e.execution_id, e.sandbox_id, e.start_at FROM executions e
+    WHERE e.team_id = due.team_id AND {RUNNING}
+      AND (due.cutoff IS NULL OR e.start_at <= due.cutoff) AND {_WITHOUT_KILL_ORDER}
+    OFFSET 0) e
+ORDER BY due.team_id, e.start_at, e.execution_id
 """)
 
 _INSERT_KILL_ORDERS = text("""
@@ -88,21 +125,41 @@ FROM kill_orders WHERE seq > :after ORDER BY seq LIMIT :limit
 """)
 
 
+# The sweep's statements take milliseconds; without statistics (a server without
+# autovacuum) their estimated cost can pass `jit_above_cost`, and compiling them took longer
+# (500 ms seen for the bulk credit read) than running them: no JIT in a sweep's transaction.
+_TRY_LOCK_SWEEP = text("SELECT pg_try_advisory_xact_lock(:k), set_config('jit', 'off', true)")
+
+
 def try_lock_sweep(session: Session) -> bool:
     """Take the kill-order lock if free, for this transaction; False if another worker holds
     it (that worker is sweeping now, a second sweep would only repeat its work)."""
-    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
-                                {"k": KILL_ORDER_LOCK}).scalar())
+    return bool(session.execute(_TRY_LOCK_SWEEP, {"k": KILL_ORDER_LOCK}).scalar())
 
 
-def running_without_kill_order(
-    session: Session, now: datetime, stale_after: timedelta
-) -> list[RunningExecution]:
-    # Every second, the whole running fleet: rows fetched by the driver as plain tuples
-    # (SQLAlchemy's row processing was most of the sweep's own CPU at 20,000 sandboxes).
+def running_teams(session: Session, now: datetime, stale_after: timedelta) -> list[RunningTeam]:
+    """Every team with running executions that have no kill order, with their totals."""
+    # Rows fetched by the driver as plain tuples (SQLAlchemy's row processing is not free).
     with driver(session) as raw, raw.cursor() as cursor:
-        rows = cursor.execute(driver_sql(_RUNNING), {"now": now, "stale": stale_after}).fetchall()
-    return [RunningExecution(*r) for r in rows]
+        rows = cursor.execute(driver_sql(_RUNNING_TEAMS),
+                              {"now": now, "stale": stale_after}).fetchall()
+    return [RunningTeam(r[0], int(r[1]), int(r[2]), int(r[3]), r[4], bool(r[5]), bool(r[6]))
+            for r in rows]
+
+
+def due_executions(
+    session: Session, now: datetime, stale_after: timedelta, every: Sequence[str],
+    cutoffs: Mapping[str, datetime],
+) -> list[RunningExecution]:
+    """The running executions without a kill order of the teams in `every`, and of the teams
+    in `cutoffs` those started at or before the team's cutoff; each team's oldest first."""
+    if not every and not cutoffs:
+        return []
+    cut = sorted(cutoffs.items())
+    rows = session.execute(_DUE, {
+        "now": now, "stale": stale_after, "every": sorted(every),
+        "cut_teams": [t for t, _ in cut], "cutoffs": [c for _, c in cut]})
+    return [RunningExecution(r[1], r[0], r[2], r[3]) for r in rows]
 
 
 def insert_kill_orders(session: Session, orders: Sequence[NewKillOrder]) -> list[KillOrderRow]:

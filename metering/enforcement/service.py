@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from itertools import groupby
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,10 +24,11 @@ from sqlalchemy.orm import Session
 from metering import plugins
 from metering.api.pagination import decode_cursor, encode_cursor
 from metering.core.clock import format_period, rfc3339
-from metering.core.kills import KillReason, kill_reasons
+from metering.core.kills import KillReason, kill_reasons, max_duration_reached
 from metering.core.limits import PlanLimits
 from metering.core.money import fmt
 from metering.core.notifications import credit_threshold_crossed
+from metering.core.pricing import PriceSchedule
 from metering.enforcement import outbox
 from metering.enforcement import repository as repo
 from metering.enforcement.repository import KillOrderRow, NewKillOrder, RunningExecution
@@ -38,7 +38,6 @@ from metering.enforcement.watch import (
     MoneyPosition,
     TeamTerms,
     Watchlist,
-    allocation,
 )
 from metering.errors import BadRequest
 
@@ -158,129 +157,187 @@ _QUIET = _TeamView(blocked=False, credit_remaining=None, month_spend=Decimal(0),
                    spend_limit=None)
 
 
-def _look(
-    session: Session, team_id: str, now: datetime, watch: Watchlist, running: Allocation,
-    messages: list[outbox.NewMessage],
-) -> tuple[PlanLimits, _TeamView]:
-    """Read the team's limits and money, queue the thresholds it reached, and let the watch
-    plan the next look from how far the nearest money event is at the running cost rate."""
-    billing = plugins.billing()
-    # `admission` computes only what a stop-or-go decision reads (credit where it is
-    # enforced, spend under a limit): the figures admissions refuse on, at the least cost.
-    team_limits, standing = billing.admission(session, team_id, now)
-    known = watch.prices(team_id, now)
-    if known is not None:
-        terms = TeamTerms(team_limits.limits, known.prices, known.prices_at)
-    else:
-        schedule = billing.price_schedule(session, team_id, now, now + timedelta(hours=1))
-        terms = TeamTerms(team_limits.limits, schedule.at(now).prices, now)
+@dataclass(slots=True)
+class _Team:
+    """A team in a sweep: its running totals, how urgently its money needs a look (None: not
+    now), and what this sweep learnt of it."""
+
+    running: repo.RunningTeam
+    allocation: Allocation
+    priority: tuple[int, datetime] | None
+    limits: PlanLimits | None = None
+    view: _TeamView = _QUIET
+    failed: bool = False  # its billing data could not be read: not judged this sweep
+
+    @property
+    def team_id(self) -> str:
+        return self.running.team_id
+
+
+def _remember_look(
+    team: _Team, now: datetime, watch: Watchlist, limits: plugins.TeamLimits,
+    standing: plugins.Standing, schedule: PriceSchedule, messages: list[outbox.NewMessage],
+) -> None:
+    """A look's figures: queue the thresholds the team reached, and let the watch plan the
+    next look from how far the nearest money event is at the running cost rate."""
+    terms = TeamTerms(limits.limits, schedule.at(now).prices, now)
     messages.extend(threshold_messages(standing, now))
-    watch.remember_look(team_id, now, terms, MoneyPosition(
+    watch.remember_look(team.team_id, now, terms, MoneyPosition(
         standing.credit_granted, standing.credit_used, standing.credit_remaining,
-        standing.month_spend, standing.spend_limit), running)
-    view = _TeamView(standing.blocked, standing.credit_remaining, standing.month_spend,
-                     standing.spend_limit)
-    return terms.limits, view
+        standing.month_spend, standing.spend_limit), team.allocation)
+    team.limits = terms.limits
+    team.view = _TeamView(standing.blocked, standing.credit_remaining, standing.month_spend,
+                          standing.spend_limit)
 
 
-def _judge_team(
-    session: Session, team_id: str, executions: list[RunningExecution], running: Allocation,
-    now: datetime, watch: Watchlist, look: bool, read_limits: bool,
-    messages: list[outbox.NewMessage],
-) -> list[KillDecision]:
-    """Kill decisions for one team's running executions (oldest first, unknown starts last).
+def _look_alone(session: Session, team: _Team, now: datetime
+                ) -> tuple[plugins.TeamLimits, plugins.Standing, PriceSchedule]:
+    billing = plugins.billing()
+    limits, standing = billing.admission(session, team.team_id, now)
+    return limits, standing, billing.price_schedule(session, team.team_id, now,
+                                                    now + timedelta(hours=1))
 
-    `look`: read its limits and money from billing now; else judge its durations on the
-    limits already known, reading them alone first if unknown and `read_limits` allows."""
-    if look:
-        limits, view = _look(session, team_id, now, watch, running, messages)
-    else:
-        view = _QUIET
-        known = watch.limits(team_id)
-        if known is None and read_limits:
-            known = plugins.billing().limits(session, team_id, now).limits
-            watch.remember_limits(team_id, known)
-        if known is None:
-            return []  # nothing known yet (over this sweep's budget): judged next sweep
-        limits = known
+
+def _look_at(
+    session: Session, teams: list[_Team], now: datetime, watch: Watchlist,
+    on_look: Callable[[str], None] | None, messages: list[outbox.NewMessage],
+    started: float,  # float-ok: monotonic seconds
+) -> int:
+    """Read the limits and money of the teams whose look is due, most urgent first, many at
+    once (`Billing.admission_many`), in chunks sized to the look budget left (counted from
+    `started`; the first chunk whatever the budget). Answers how many were looked at.
+
+    `admission` computes only what a stop-or-go decision reads (credit where it is enforced,
+    spend under a limit): the figures admissions refuse on, at the least cost."""
+    billing = plugins.billing()
+    due = [t for t in teams if t.priority is not None]
+    looks_end = started + watch.look_budget_s
+    looked = 0
+    while looked < len(due):
+        left = looks_end - time.monotonic()
+        if looked and left <= 0:
+            break
+        chunk = due[looked:looked + watch.looks_that_fit(left)]
+        looked += len(chunk)
+        if on_look is not None:
+            for team in chunk:
+                on_look(team.team_id)
+        began = time.monotonic()
+        try:
+            answers = billing.admission_many(session, [t.team_id for t in chunk], now)
+        except SQLAlchemyError:
+            raise  # the transaction is lost; the next sweep starts over
+        except Exception:
+            log.exception("enforcement: a bulk look failed; looking at each team alone")
+            answers = {}
+        watch.record_look_cost(len(answers), time.monotonic() - began)
+        for team in chunk:
+            try:
+                answer = answers.get(team.team_id) or _look_alone(session, team, now)
+                _remember_look(team, now, watch, *answer, messages)
+            except SQLAlchemyError:
+                raise
+            except Exception:
+                # One team's broken data must not keep every other team's sandboxes running.
+                team.failed = True
+                log.exception("enforcement: judging a team failed",
+                              extra={"team_id": team.team_id})
+    return looked
+
+
+def _read_missing_limits(
+    session: Session, teams: list[_Team], now: datetime, watch: Watchlist,
+    started: float,  # float-ok: monotonic seconds
+) -> None:
+    """Teams never looked at (past the look budget) get their limits read alone, a tenth of
+    a look's cost, while the limits budget lasts, so their durations are judged at once;
+    the others' wait for the next sweep. Limits already known are taken from the watch."""
+    limits_end = started + watch.look_budget_s + watch.limits_budget_s
+    for team in teams:
+        if team.limits is not None or team.failed:
+            continue
+        team.limits = watch.limits(team.team_id)
+        if team.limits is None and time.monotonic() < limits_end:
+            try:
+                team.limits = plugins.billing().limits(session, team.team_id, now).limits
+            except SQLAlchemyError:
+                raise
+            except Exception:
+                team.failed = True
+                log.exception("enforcement: judging a team failed",
+                              extra={"team_id": team.team_id})
+                continue
+            watch.remember_limits(team.team_id, team.limits)
+
+
+def _team_reasons(limits: PlanLimits, view: _TeamView, now: datetime) -> list[KillReason]:
+    """The reasons that stop every running execution of the team (its own duration aside)."""
+    return [r for r in kill_reasons(_Started(now), limits, view, now) if r != "max_duration"]
+
+
+def _kills_due(
+    teams: list[_Team], now: datetime, every: dict[str, _Team], cutoffs: dict[str, datetime],
+) -> None:
+    """Which teams have kills due, from their totals alone: a team-wide reason (all their
+    executions), or an oldest start past the max duration (those started by the cutoff).
+    A team whose limits are still unknown is judged once they are known."""
+    for team in teams:
+        limits = team.limits
+        if team.failed or limits is None:
+            continue
+        if _team_reasons(limits, team.view, now):
+            every[team.team_id] = team
+        elif (team.running.oldest_start is not None
+              and max_duration_reached(team.running.oldest_start, limits, now)):
+            cutoffs[team.team_id] = now - timedelta(seconds=limits.max_execution_s)
+
+
+def _decide(executions: list[RunningExecution], judged: dict[str, _Team], now: datetime
+            ) -> list[KillDecision]:
+    """Kill decisions for the executions fetched, each on its team's limits and money."""
     decisions: list[KillDecision] = []
     reasons: list[KillReason]
     for execution in executions:
-        if execution.start_at is None:
+        team = judged[execution.team_id]
+        limits = team.limits
+        if team.running.blocked or limits is None:  # blocked kills everything, first
+            reasons = ["team_blocked"]
+        elif execution.start_at is None:
             # Its created event is still on its way: it can be stopped for its team's sake
             # but not for its own duration.
-            reasons = [r for r in kill_reasons(_Started(now), limits, view, now)
-                       if r != "max_duration"]
+            reasons = _team_reasons(limits, team.view, now)
         else:
-            reasons = kill_reasons(_Started(execution.start_at), limits, view, now)
+            reasons = kill_reasons(_Started(execution.start_at), limits, team.view, now)
         if reasons:
-            decisions.append(KillDecision(team_id, execution.sandbox_id,
+            decisions.append(KillDecision(execution.team_id, execution.sandbox_id,
                                           execution.execution_id, reasons[0]))
-        elif view is _QUIET:
-            break  # no team-wide reason, and every later execution started later still
     return decisions
 
 
 # One per process: what this worker's sweeps learnt about each team (see `watch.py`).
-# Budgets well inside the 1-second cadence, counted from the sweep's start: reading 20,000
-# running sandboxes on a busy database takes a few hundred milliseconds of it.
+# Budgets well inside the 1-second cadence, counted from the sweep's start: reading the fleet
+# on a busy database takes part of it.
 WATCH = Watchlist(credit_thresholds=CREDIT_THRESHOLDS, spend_thresholds=SPEND_LIMIT_THRESHOLDS,
                   look_budget_s=0.35, limits_budget_s=0.15)
 
 
-_TeamToJudge = tuple[str, list[RunningExecution], Allocation, tuple[int, datetime] | None]
-
-
-def _blocked_or_to_judge(
-    running: list[RunningExecution], now: datetime, watch: Watchlist, result: SweepResult,
-    decisions: list[KillDecision],
-) -> list[_TeamToJudge]:
-    """Blocked teams' executions straight to kill decisions; the other teams with their
-    allocation now and how urgently their money needs a look, most urgent first."""
-    teams: list[_TeamToJudge] = []
-    for team_id, group in groupby(running, key=lambda e: e.team_id):
-        executions = list(group)
-        result.teams += 1
-        if executions[0].team_blocked:
-            # Blocked kills everything whatever the money says: no need to ask billing.
-            decisions.extend(KillDecision(team_id, e.sandbox_id, e.execution_id, "team_blocked")
-                             for e in executions)
+def _to_judge(fleet: list[repo.RunningTeam], now: datetime, watch: Watchlist,
+              every: dict[str, _Team]) -> list[_Team]:
+    """Blocked teams straight to `every` (kill everything whatever the money says: no need
+    to ask billing); the other teams with their allocation now and how urgently their money
+    needs a look, most urgent first."""
+    teams: list[_Team] = []
+    for running in fleet:
+        current = Allocation(running.vcpu, running.memory_mib)
+        if running.blocked:
+            every[running.team_id] = _Team(running, current, None)
             continue
-        current = allocation((e.execution_id, e.vcpu, e.memory_mib) for e in executions)
-        oldest = executions[0].start_at  # the query orders each team's oldest first
-        teams.append((team_id, executions, current,
-                      watch.look_priority(team_id, now, current, oldest)))
+        teams.append(_Team(running, current, watch.look_priority(
+            running.team_id, now, current, running.oldest_start)))
     # The most urgent looks first, while the budget lasts; the rest wait for the next sweep
     # (teams looked at before still have their durations judged now, on their last limits).
-    teams.sort(key=lambda t: (t[3] is None, t[3] or (0, now), t[0]))
+    teams.sort(key=lambda t: (t.priority is None, t.priority or (0, now), t.team_id))
     return teams
-
-
-def _judge_teams(
-    session: Session, teams: list[_TeamToJudge], now: datetime, watch: Watchlist,
-    on_look: Callable[[str], None] | None, decisions: list[KillDecision],
-    messages: list[outbox.NewMessage], started: float,  # float-ok: monotonic seconds
-) -> int:
-    """Judge each team within the sweep's time budgets (counted from `started`); answers how
-    many were looked at."""
-    looks_end = started + watch.look_budget_s
-    limits_end = looks_end + watch.limits_budget_s
-    looked = 0
-    for team_id, executions, current, priority in teams:
-        look = priority is not None and (looked == 0 or time.monotonic() < looks_end)
-        if look:
-            looked += 1
-            if on_look is not None:
-                on_look(team_id)
-        try:
-            decisions.extend(_judge_team(session, team_id, executions, current, now, watch,
-                                         look, time.monotonic() < limits_end, messages))
-        except SQLAlchemyError:
-            raise  # the transaction is lost; the next sweep starts over
-        except Exception:
-            # One team's broken data must not keep every other team's sandboxes running.
-            log.exception("enforcement: judging a team failed", extra={"team_id": team_id})
-    return looked
 
 
 def _issue(session: Session, decisions: list[KillDecision], messages: list[outbox.NewMessage],
@@ -305,9 +362,13 @@ def sweep(
     threshold notifications due at `now`. One sweep at a time across all workers: a worker
     that finds another sweeping returns at once (`swept=False`).
 
-    Max duration and blocks are judged on every sweep; a team's money (and its limits) are
-    read when `watch` says they may have moved far enough to matter (see `watch.py`);
-    `on_look` is told each team read, for the caller to forget if the transaction fails.
+    The fleet is read as one row per team (count, vCPU and memory totals, oldest start,
+    blocked); executions are fetched only for the teams with a kill due: blocked, out of
+    money, or with an oldest start past the max duration (then only those past it). Max
+    duration and blocks are judged on every sweep; a team's money (and its limits) are read
+    when `watch` says they may have moved far enough to matter (see `watch.py`), many teams
+    in one bulk read; `on_look` is told each team read, for the caller to forget if the
+    transaction fails.
     """
     watch = WATCH if watch is None else watch
     # The budgets count from here, the read of the fleet included: on a busy database the
@@ -315,17 +376,22 @@ def sweep(
     started = time.monotonic()
     if not repo.try_lock_sweep(session):
         return SweepResult(swept=False)
-    running = repo.running_without_kill_order(session, now, stale_after)
-    result = SweepResult(swept=True, executions=len(running))
-    decisions: list[KillDecision] = []
+    fleet = repo.running_teams(session, now, stale_after)
+    result = SweepResult(swept=True, teams=len(fleet),
+                         executions=sum(t.executions for t in fleet))
+    every: dict[str, _Team] = {}
+    cutoffs: dict[str, datetime] = {}
     messages: list[outbox.NewMessage] = []
-    teams = _blocked_or_to_judge(running, now, watch, result, decisions)
-    result.looks = _judge_teams(session, teams, now, watch, on_look, decisions, messages,
-                                started)
-    watch.forget_except(t[0] for t in teams)
+    teams = _to_judge(fleet, now, watch, every)
+    result.looks = _look_at(session, teams, now, watch, on_look, messages, started)
+    _read_missing_limits(session, teams, now, watch, started)
+    _kills_due(teams, now, every, cutoffs)
+    executions = repo.due_executions(session, now, stale_after, list(every), cutoffs)
+    judged = {**every, **{t.team_id: t for t in teams if t.team_id in cutoffs}}
+    decisions = _decide(executions, judged, now)
+    watch.forget_except(t.team_id for t in teams)
     _issue(session, decisions, messages, now, result)
     return result
-
 
 # --------------------------------------------------------------------------- feed
 

@@ -7,16 +7,19 @@ the watch works out how long the nearest money event (credit reaching a threshol
 spend reaching a threshold or the limit) is at least away, and looks again after half of
 that: looks get closer as the event nears, and the last one lands within a sweep of it.
 
-When the running allocation changes (a sandbox starts, stops or is resized) the plan is redone
-without a look, conservatively (see `Watchlist.look_priority`), so teams that start sandboxes
-all the time cost no more than quiet ones. What the rate cannot predict (late usage events,
-expiring grants, plan changes) is covered by looking at every team at least every
-`max_recheck_s`. Each look also reads the team's limits, so max durations are judged on limits
-at most that old; prices (for the rate only) are reused for `prices_ttl_s`.
+When the running allocation changes (a sandbox starts, stops or is resized, so that the team's
+total vCPU or memory moves) the plan is redone without a look, conservatively (see
+`Watchlist.look_priority`), so teams that start sandboxes all the time cost no more than quiet
+ones. Only the totals count: the cost rate is linear in them, so a change that keeps both
+keeps the rate, and the plan made at that rate still holds. What the rate cannot predict
+(late usage events, expiring grants, plan changes) is covered by looking at every team at
+least every `max_recheck_s`. Each look also reads the team's limits and prices, so max
+durations are judged on limits at most that old.
 
 Every billing call of a sweep is a look, and looks stop at a time budget, most urgent first,
 so a sweep stays short whatever the fleet or the database's load; what does not fit waits for
-the next sweep.
+the next sweep. Looks are read in bulk (many teams in a few statements), in chunks sized by
+what a look has cost so far (`Watchlist.looks_that_fit`).
 
 Pure arithmetic plus an in-process table guarded by a lock; no database. Each worker keeps
 its own table; a worker with an empty one simply looks at every team once.
@@ -37,7 +40,20 @@ from metering.core.projection import cost_rate_per_second
 
 _spread = random.Random()  # noqa: S311 - spreading load, not a secret
 
-Allocation = tuple[tuple[str, int, int], ...]  # (execution_id, vcpu, memory_mib), sorted
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What a team runs, as far as money goes: the cost rate
+    (`metering.core.projection.cost_rate_per_second`) is linear in the total vCPU and the
+    total memory, so two allocations with the same totals cost the same per second whichever
+    sandboxes make them up. The sweep reads these totals per team in one statement."""
+
+    vcpu: int
+    memory_mib: int
+
+    def rate(self, prices: UnitPrices) -> Decimal:
+        return cost_rate_per_second([(self.vcpu, self.memory_mib)], prices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +113,13 @@ def next_look(
 
 
 def allocation(rows: Iterable[tuple[str, int | None, int | None]]) -> Allocation:
-    """A team's running allocation, comparable between sweeps."""
-    return tuple(sorted((eid, vcpu or 0, mib or 0) for eid, vcpu, mib in rows))
+    """A team's running allocation from its (execution_id, vcpu, memory_mib) rows (an
+    unknown size counts as 0, as in the sweep's totals), comparable between sweeps."""
+    vcpu = memory_mib = 0
+    for _, cpus, mib in rows:
+        vcpu += cpus or 0
+        memory_mib += mib or 0
+    return Allocation(vcpu, memory_mib)
 
 
 NEVER_LOOKED = datetime.min.replace(tzinfo=UTC)
@@ -137,12 +158,11 @@ class Watchlist:
     """Per team: its terms as of its last look, and when its money must next be looked at."""
 
     def __init__(self, max_recheck_s: float = 10.0,  # float-ok: seconds
-                 prices_ttl_s: float = 300.0,  # float-ok: seconds
                  look_budget_s: float = 0.5, limits_budget_s: float = 0.25,  # float-ok: seconds
                  credit_thresholds: Sequence[int] = (50, 80, 100),
-                 spend_thresholds: Sequence[int] = (80, 100)) -> None:
+                 spend_thresholds: Sequence[int] = (80, 100),
+                 max_looks_per_read: int = 250) -> None:
         self.max_recheck_s = max_recheck_s
-        self.prices_ttl = timedelta(seconds=prices_ttl_s)
         # Looks per sweep stop after this long (the most urgent first; at least one), so a
         # cold start with thousands of teams, or a slow database, never stretches a sweep.
         self.look_budget_s = look_budget_s
@@ -151,9 +171,27 @@ class Watchlist:
         self.limits_budget_s = limits_budget_s
         self.credit_thresholds = tuple(credit_thresholds)
         self.spend_thresholds = tuple(spend_thresholds)
+        # Seconds one team's look costs inside a bulk read, as measured (a moving average
+        # from a cautious start): sizes each chunk of looks to the budget left.
+        self.look_cost_s = 0.002
+        self.max_looks_per_read = max_looks_per_read
         self._entries: dict[str, _Entry] = {}
         self._limits: dict[str, PlanLimits] = {}  # teams never looked at, limits read alone
         self._lock = threading.Lock()
+
+    def looks_that_fit(self, remaining_s: float) -> int:  # float-ok: seconds
+        """How many teams to look at in the next bulk read with `remaining_s` of the look
+        budget left: at least one (a sweep always makes progress), at most
+        `max_looks_per_read`."""
+        fit = int(max(remaining_s, 0.0) / self.look_cost_s)
+        return max(1, min(self.max_looks_per_read, fit))
+
+    def record_look_cost(self, teams: int, seconds: float) -> None:  # float-ok: seconds
+        """A bulk read of `teams` looks took `seconds`."""
+        if teams > 0:
+            per_team = max(seconds / teams, 1e-5)
+            with self._lock:
+                self.look_cost_s = 0.5 * self.look_cost_s + 0.5 * per_team
 
     def clear(self) -> None:
         with self._lock:
@@ -175,14 +213,6 @@ class Watchlist:
         """Limits read alone for a team not looked at yet (its first look replaces them)."""
         with self._lock:
             self._limits[team_id] = limits
-
-    def prices(self, team_id: str, now: datetime) -> TeamTerms | None:
-        """The last terms if their prices are still fresh enough to reuse, else None."""
-        entry = self._get(team_id)
-        if entry is None:
-            return None
-        fetched = entry.terms.prices_at
-        return entry.terms if fetched <= now < fetched + self.prices_ttl else None
 
     def _plan(self, now: datetime, position: MoneyPosition, rate: Decimal, looked_at: datetime
               ) -> tuple[datetime, datetime | None]:
@@ -211,8 +241,7 @@ class Watchlist:
         if entry is None:
             return (1, oldest_start or now)
         if entry.allocation != current:
-            rate = max(entry.rate_bound, cost_rate_per_second(
-                ((vcpu, mib) for _, vcpu, mib in current), entry.terms.prices))
+            rate = max(entry.rate_bound, current.rate(entry.terms.prices))
             elapsed = Decimal((now - entry.looked_at) / timedelta(microseconds=1)) / 1_000_000
             spent = rate * max(elapsed, Decimal(0))
             due_at, event_at = self._plan(now, advance(entry.position, spent), rate,
@@ -232,7 +261,7 @@ class Watchlist:
         current: Allocation,
     ) -> None:
         """Record a look at `now`: the terms and money read, and when to look next."""
-        rate = cost_rate_per_second(((vcpu, mib) for _, vcpu, mib in current), terms.prices)
+        rate = current.rate(terms.prices)
         due_at, event_at = self._plan(now, position, rate, now)
         with self._lock:
             self._entries[team_id] = _Entry(terms, position, now, current, rate, due_at,

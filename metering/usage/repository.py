@@ -10,7 +10,7 @@ newest event once stale: the same rule as `metering.core.usage.effective_end`.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -297,3 +297,168 @@ def running_allocations_read(team_id: str, now: datetime, stale_after: timedelta
 def running_allocations_from_rows(rows: Any) -> list[tuple[int, int]]:
     """(vCPU, MiB) allocated now by each running execution of the team."""
     return [(int(r[0]), int(r[1])) for r in rows]
+
+
+# --- the same reads for many teams at once (the enforcement sweep's looks) ------------------
+#
+# Each team brings its own bounds (its unbilled months, its month, its price changes), sent as
+# flat arrays (team, bound) in order and gathered back per team: one statement per kind of
+# read, whatever the number of teams. The fragments are the per-team ones above, so both bill
+# the same milliseconds.
+
+_BOUNDS = """
+    SELECT u.team_id, array_agg(u.bound ORDER BY u.n) AS bounds
+    FROM unnest(CAST(:bound_teams AS text[]), CAST(:bounds AS timestamptz[]))
+         WITH ORDINALITY AS u(team_id, bound, n)
+    GROUP BY u.team_id"""
+
+_PIECES = """
+), piece AS (
+    SELECT seg.k, i, seg.vcpu, seg.memory_mib,
+           CAST(extract(epoch FROM least(seg.hi, seg.bounds[i + 1])
+                                  - greatest(seg.lo, seg.bounds[i])) * 1000 AS bigint) AS ms
+    FROM seg
+    CROSS JOIN LATERAL generate_series(
+        width_bucket(seg.lo, seg.bounds),
+        width_bucket(seg.hi - interval '1 millisecond', seg.bounds)) AS i
+    WHERE seg.hi > seg.lo
+)
+SELECT k, i, CAST(sum(vcpu * ms) AS bigint), CAST(sum(memory_mib * ms) AS bigint)
+FROM piece GROUP BY k, i
+"""
+
+# Every lookup below is a LATERAL subquery fenced with OFFSET 0, keyed by a team (or an
+# execution): the plan is then an index lookup per team whatever the statistics say (on a
+# server without them, joins of these arrays walked every segment per team).
+
+# Open executions of the teams, integrated live over each team's bounds.
+_MANY_OPEN = text(f"""
+WITH b AS ({_BOUNDS}
+), seg AS (
+    SELECT b.team_id AS k, b.bounds, s.vcpu, s.memory_mib,
+           greatest(s.start_at, b.bounds[1]) AS lo,
+           least({SEGMENT_END}, b.bounds[cardinality(b.bounds)]) AS hi
+    FROM b
+    CROSS JOIN LATERAL (
+        SELECT e.execution_id, e.end_at, e.inferred_end_at, e.last_event_at
+        FROM executions e WHERE e.team_id = b.team_id AND {OPEN} OFFSET 0) e
+    CROSS JOIN LATERAL (
+        SELECT s.start_at, s.end_at, s.vcpu, s.memory_mib
+        FROM execution_segments s WHERE s.execution_id = e.execution_id OFFSET 0) s
+    WHERE s.start_at < b.bounds[cardinality(b.bounds)]
+      AND (s.end_at IS NULL OR s.end_at > b.bounds[1])
+{_PIECES}""")
+
+# Settled usage per team from the rollups (and deltas), leaving out each team's partial hours.
+_MANY_ROLLUPS = text(f"""
+WITH b AS ({_BOUNDS}
+), p AS (
+    SELECT u.team_id, array_agg(u.hour) AS hours
+    FROM unnest(CAST(:partial_teams AS text[]), CAST(:partial_hours AS timestamptz[]))
+         AS u(team_id, hour)
+    GROUP BY u.team_id
+), h AS (
+    SELECT u.team_id, u.start
+    FROM unnest(CAST(:start_teams AS text[]), CAST(:starts AS timestamptz[])) AS u(team_id, start)
+)
+SELECT h.team_id, width_bucket(r.hour, b.bounds) AS i,
+       CAST(sum(r.vcpu_ms) AS bigint), CAST(sum(r.mib_ms) AS bigint)
+FROM h JOIN b ON b.team_id = h.team_id
+LEFT JOIN p ON p.team_id = h.team_id
+CROSS JOIN LATERAL (
+    SELECT r.hour, r.vcpu_ms, r.mib_ms FROM {ROLLUPS} r
+    WHERE r.team_id = h.team_id AND r.hour >= h.start
+      AND r.hour < b.bounds[cardinality(b.bounds)] OFFSET 0) r
+WHERE NOT (r.hour = ANY(coalesce(p.hours, CAST('{{}}' AS timestamptz[]))))
+GROUP BY h.team_id, i
+""")
+
+# Settled executions in the partial hours, each (team, hour) piece `k` with its inner bounds:
+# the two branches of `_BUCKETED_SETTLED`, per piece.
+_MANY_SETTLED = text(f"""
+WITH kb AS (
+    SELECT u.k, array_agg(u.bound ORDER BY u.n) AS bounds
+    FROM unnest(CAST(:bound_keys AS int[]), CAST(:bounds AS timestamptz[]))
+         WITH ORDINALITY AS u(k, bound, n)
+    GROUP BY u.k
+), k AS (
+    SELECT u.k, u.team_id, u.lo, u.hi, kb.bounds
+    FROM unnest(CAST(:keys AS int[]), CAST(:key_teams AS text[]), CAST(:los AS timestamptz[]),
+                CAST(:his AS timestamptz[])) AS u(k, team_id, lo, hi)
+    JOIN kb ON kb.k = u.k
+), seg AS (
+    SELECT k.k, k.bounds, s.vcpu, s.memory_mib, greatest(s.start_at, k.lo) AS lo,
+           least(s.end_at, k.hi) AS hi
+    FROM k
+    CROSS JOIN LATERAL (
+        SELECT s.execution_id, s.start_at, s.end_at, s.vcpu, s.memory_mib
+        FROM execution_segments s
+        WHERE s.team_id = k.team_id AND s.end_at > k.lo AND s.start_at < k.hi OFFSET 0) s
+    JOIN executions e ON e.execution_id = s.execution_id
+    WHERE (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)
+    UNION ALL
+    SELECT k.k, k.bounds, s.vcpu, s.memory_mib, greatest(s.start_at, k.lo),
+           least(e.inferred_end_at, k.hi)
+    FROM k
+    CROSS JOIN LATERAL (
+        SELECT e.execution_id, e.inferred_end_at FROM executions e
+        WHERE e.team_id = k.team_id AND e.inferred_end_at > k.lo OFFSET 0) e
+    CROSS JOIN LATERAL (
+        SELECT s.start_at, s.vcpu, s.memory_mib FROM execution_segments s
+        WHERE s.execution_id = e.execution_id AND s.end_at IS NULL OFFSET 0) s
+    WHERE s.start_at < k.hi
+{_PIECES}""")
+
+
+def bucket_usage_many(
+    session: Session, bounds_by_team: Mapping[str, Sequence[datetime]], now: datetime,
+    stale_after: timedelta,
+) -> dict[str, list[BucketUsage]]:
+    """`bucket_usage` of many teams, each over its own bounds, in one round trip of three
+    statements whatever the number of teams; the same integers, bucket for bucket."""
+    asks = {t: list(b) for t, b in bounds_by_team.items() if len(b) >= 2}
+    totals = {t: [[0, 0] for _ in range(len(b) - 1)] for t, b in asks.items()}
+
+    def add(team_id: str, index: int, vcpu_ms: Any, mib_ms: Any) -> None:
+        rows = totals[team_id]
+        if 0 <= index < len(rows):
+            rows[index][0] += int(vcpu_ms or 0)
+            rows[index][1] += int(mib_ms or 0)
+
+    flat_teams = [t for t, b in asks.items() for _ in b]
+    flat_bounds = [x for b in asks.values() for x in b]
+    partial_teams: list[str] = []
+    partial_hours: list[datetime] = []
+    keys: list[tuple[int, str, datetime, datetime, int]] = []  # (k, team, lo, hi, shift)
+    key_bounds: list[tuple[int, datetime]] = []
+    for team_id, bounds in asks.items():
+        for hour in sorted({_floor_hour(b) for b in bounds if b != _floor_hour(b)}):
+            partial_teams.append(team_id)
+            partial_hours.append(hour)
+            lo, hi = max(hour, bounds[0]), min(hour + timedelta(hours=1), bounds[-1])
+            k = len(keys)
+            keys.append((k, team_id, lo, hi, max(i for i, b in enumerate(bounds) if b <= lo)))
+            key_bounds += [(k, x) for x in [lo, *(b for b in bounds if lo < b < hi), hi]]
+    if not asks:
+        return {}
+    live = {"now": now, "stale": stale_after}
+    statements: list[tuple[Any, dict[str, Any]]] = [
+        (_MANY_OPEN, {**live, "bound_teams": flat_teams, "bounds": flat_bounds}),
+        (_MANY_ROLLUPS, {"bound_teams": flat_teams, "bounds": flat_bounds,
+                         "partial_teams": partial_teams, "partial_hours": partial_hours,
+                         "start_teams": list(asks),
+                         "starts": [_floor_hour(b[0]) for b in asks.values()]})]
+    if keys:
+        statements.append((_MANY_SETTLED, {
+            "bound_keys": [k for k, _ in key_bounds],
+            "bounds": [x for _, x in key_bounds], "keys": [k[0] for k in keys],
+            "key_teams": [k[1] for k in keys], "los": [k[2] for k in keys],
+            "his": [k[3] for k in keys]}))
+    answers = pipeline(session, statements)
+    for team_id, i, vcpu_ms, mib_ms in [*answers[0], *answers[1]]:
+        add(str(team_id), int(i) - 1, vcpu_ms, mib_ms)
+    for k, i, vcpu_ms, mib_ms in answers[2] if keys else []:
+        _, team_id, _, _, shift = keys[int(k)]
+        add(team_id, int(i) - 1 + shift, vcpu_ms, mib_ms)
+    return {t: [BucketUsage(b[i], b[i + 1], totals[t][i][0], totals[t][i][1])
+                for i in range(len(b) - 1)] for t, b in asks.items()}

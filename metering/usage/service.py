@@ -7,7 +7,7 @@ Prices come from the installed `Billing` (plan versions), see `metering.plugins`
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -114,11 +114,27 @@ def _priced_totals(
     """(vCPU-ms, MiB-ms, exact cost) by bucket index, only the buckets with usage; a bucket
     that a price change cuts is priced piece by piece."""
     schedule = schedule or schedule_for(session, team_id, bounds[0], bounds[-1])
+    fine = priced_bounds(bounds, schedule)
+    return price_totals(bounds, schedule,
+                        repo.bucket_totals(session, team_id, fine, now, stale_after))
+
+
+def priced_bounds(bounds: Sequence[datetime], schedule: PriceSchedule) -> list[datetime]:
+    """What `priced_usage` reads usage over: the buckets' bounds and every price change
+    inside them (for a bulk read of many teams, `bucket_usage_many`)."""
+    cuts = schedule.cuts(bounds[0], bounds[-1])
+    return sorted(set(bounds) | set(cuts)) if cuts else list(bounds)
+
+
+def price_totals(bounds: Sequence[datetime], schedule: PriceSchedule,
+                 totals: Mapping[int, tuple[int, int]]) -> dict[int, tuple[int, int, Decimal]]:
+    """`priced_usage`'s figures by bucket index, from the usage read over
+    `priced_bounds(bounds, schedule)` ((vCPU-ms, MiB-ms) by index into those, only pieces
+    with usage): each piece priced by the version in force at its start."""
     cuts = schedule.cuts(bounds[0], bounds[-1])
     fine = sorted(set(bounds) | set(cuts)) if cuts else bounds
     out: dict[int, tuple[int, int, Decimal]] = {}
-    for piece, (piece_v, piece_m) in sorted(
-            repo.bucket_totals(session, team_id, fine, now, stale_after).items()):
+    for piece, (piece_v, piece_m) in sorted(totals.items()):
         start = fine[piece]
         index = bisect_right(bounds, start) - 1 if cuts else piece
         cost = schedule.at(start).prices.cost(piece_v, piece_m)
@@ -149,9 +165,21 @@ def usage_by_price_period(
     prices change, merged per price version (exact integers). A caller that already holds
     the team's price schedule passes it to save the lookup."""
     schedule = schedule or schedule_for(session, team_id, start, end)
-    bounds = [start, *schedule.cuts(start, end), end]
+    pieces = repo.bucket_usage(session, team_id, period_bounds(start, end, schedule), now,
+                               stale_after)
+    return price_periods(schedule, pieces)
+
+
+def period_bounds(start: datetime, end: datetime, schedule: PriceSchedule) -> list[datetime]:
+    """What `usage_by_price_period` reads usage over: the window cut at price changes."""
+    return [start, *schedule.cuts(start, end), end]
+
+
+def price_periods(schedule: PriceSchedule, pieces: Sequence[repo.BucketUsage]
+                  ) -> list[PricedUsage]:
+    """`usage_by_price_period` from the usage read over `period_bounds`."""
     merged: dict[str, list[Any]] = {}
-    for piece in repo.bucket_usage(session, team_id, bounds, now, stale_after):
+    for piece in pieces:
         period = schedule.at(piece.start)
         slot = merged.setdefault(period.version_id, [period, 0, 0])
         slot[1] += piece.vcpu_ms
