@@ -7,9 +7,10 @@ The fleet is made through the real ingest and the real billing (plans, credit gr
 limits): a quarter of the teams are Hobby teams with earlier usage (their credit is read on a
 look), a quarter Pro teams with a monthly spend limit (their month's spend is read), a quarter
 Pro teams without one (limits only), a quarter fresh Hobby teams; 1 % of the teams are
-blocked, and one sandbox in twenty teams passes Hobby's 1 h maximum during the run, at instants
-spread over its first half. Then the sweep runs every second, as the worker runs it, on a
-cold watchlist (a worker just started: every team is looked at as soon as the budget allows).
+blocked, and one sandbox in twenty teams passes Hobby's 1 h maximum during the run (at
+instants spread over 20 s, `--lead` seconds after setup began). Then the sweep runs every
+second, as the worker runs it, on a cold watchlist (a worker just started: every team is
+looked at as soon as the budget allows).
 Nothing else runs: this is the sweep's cost alone; `bench.enforcement` measures kill-order
 latency with the other jobs on.
 
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--teams", type=int, default=1000)
     parser.add_argument("--sandboxes", type=int, default=20, help="running per team")
     parser.add_argument("--seconds", type=int, default=40, help="sweeps, one a second")
+    parser.add_argument("--lead", type=int, default=90,
+                        help="seconds from the start of setup to the first hour reached")
     args = parser.parse_args()
     os.environ["METERING_STALE_AFTER_S"] = str(STALE_S)
 
@@ -103,7 +106,8 @@ def main() -> None:
 
     start = now_utc().replace(microsecond=0)
     month = start.replace(day=1, hour=0, minute=0, second=0)
-    first_deadline = start + timedelta(seconds=20)
+    # The hours are reached during the sweeps (setup takes 20-60 s on this machine).
+    first_deadline = start + timedelta(seconds=args.lead)
     deadlines: dict[str, datetime] = {}
     setup: list[dict[str, Any]] = []
     with transaction(sessions) as session:
@@ -131,7 +135,7 @@ def main() -> None:
             started = start - timedelta(seconds=30 + (t * 37 + s * 11) % 1800)
             if s == 0 and t % 20 == 3:  # a Hobby team's sandbox reaching its hour in the run
                 deadline = first_deadline + timedelta(
-                    seconds=(t // 20) % max(args.seconds // 2, 1))
+                    seconds=(t // 20) % 20)
                 started = deadline - timedelta(hours=1)
                 deadlines[f"exe_{name}"] = deadline
             setup.append(event("created", team, name, started, vcpu=1 + s % 4,
@@ -152,6 +156,11 @@ def main() -> None:
                       spend_thresholds=WATCH.spend_thresholds,
                       look_budget_s=WATCH.look_budget_s, limits_budget_s=WATCH.limits_budget_s)
     load_before = os.getloadavg()
+    if now_utc() > first_deadline - timedelta(seconds=5):
+        log("setup took longer than --lead: the first hours were reached before the sweeps")
+    # Sweep until the last hour has been reached, and at least --seconds.
+    sweeps = max(args.seconds, int((max(deadlines.values(), default=start) - now_utc())
+                                   .total_seconds()) + 5)
     log(f"{machine()}; {args.teams} teams x {args.sandboxes} running sandboxes; "
         f"{len(deadlines)} reach their hour during the run; load {load_before[0]:.2f}")
     durations: list[float] = []
@@ -160,7 +169,7 @@ def main() -> None:
     issued: dict[str, tuple[str, datetime]] = {}
     running: list[int] = []
     next_at = time.monotonic()
-    for n in range(args.seconds):
+    for n in range(sweeps):
         began = time.perf_counter()
         with counter.measure(statements):
             result = jobs_enforcement.sweep_enforcement(sessions, STALE_S, watch)

@@ -442,18 +442,19 @@ def bucket_usage_many(
     if not asks:
         return {}
     live = {"now": now, "stale": stale_after}
+    stamps = timestamptz_array  # one text literal each: no per-element dumping
     statements: list[tuple[Any, dict[str, Any]]] = [
-        (_MANY_OPEN, {**live, "bound_teams": flat_teams, "bounds": flat_bounds}),
-        (_MANY_ROLLUPS, {"bound_teams": flat_teams, "bounds": flat_bounds,
-                         "partial_teams": partial_teams, "partial_hours": partial_hours,
+        (_MANY_OPEN, {**live, "bound_teams": flat_teams, "bounds": stamps(flat_bounds)}),
+        (_MANY_ROLLUPS, {"bound_teams": flat_teams, "bounds": stamps(flat_bounds),
+                         "partial_teams": partial_teams, "partial_hours": stamps(partial_hours),
                          "start_teams": list(asks),
-                         "starts": [_floor_hour(b[0]) for b in asks.values()]})]
+                         "starts": stamps([_floor_hour(b[0]) for b in asks.values()])})]
     if keys:
         statements.append((_MANY_SETTLED, {
             "bound_keys": [k for k, _ in key_bounds],
-            "bounds": [x for _, x in key_bounds], "keys": [k[0] for k in keys],
-            "key_teams": [k[1] for k in keys], "los": [k[2] for k in keys],
-            "his": [k[3] for k in keys]}))
+            "bounds": stamps([x for _, x in key_bounds]), "keys": [k[0] for k in keys],
+            "key_teams": [k[1] for k in keys], "los": stamps([k[2] for k in keys]),
+            "his": stamps([k[3] for k in keys])}))
     answers = pipeline(session, statements)
     for team_id, i, vcpu_ms, mib_ms in [*answers[0], *answers[1]]:
         add(str(team_id), int(i) - 1, vcpu_ms, mib_ms)
