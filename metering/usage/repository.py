@@ -13,6 +13,7 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import text
@@ -134,7 +135,13 @@ def _floor_hour(moment: datetime) -> datetime:
 
 def timestamptz_array(moments: Sequence[datetime]) -> str:
     """An array parameter for `CAST(... AS timestamptz[])` as one text literal: PostgreSQL
-    parses 8,760 times in a fraction of the time psycopg's list dumper takes in Python."""
+    parses 8,760 times in a fraction of the time psycopg's list dumper takes in Python. The
+    same bounds come back with every read of the same range: their literal is kept."""
+    return _array_literal(tuple(moments))
+
+
+@lru_cache(maxsize=8)  # at most 10,001 times each: a few MiB in all
+def _array_literal(moments: tuple[datetime, ...]) -> str:
     return "{" + ",".join([m.isoformat() for m in moments]) + "}"
 
 

@@ -11,9 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 
+import orjson
 from sqlalchemy.orm import Session
 
 from metering import plugins
@@ -209,29 +211,81 @@ def _in_utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def usage_answer(
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """A series' bounds, their texts and each bucket's answer when it is empty."""
+
+    bounds: tuple[datetime, ...]
+    texts: tuple[str, ...]
+    empty: tuple[bytes, ...]  # `UsagePoint` JSON of a bucket without usage
+
+
+@lru_cache(maxsize=8)  # at most 10,000 buckets each: a few MiB in all
+def _kept_frame(start: datetime, end: datetime, granularity: str) -> _Frame:
+    return _series_frame(start, end, granularity)
+
+
+def _series_frame(start: datetime, end: datetime, granularity: str) -> _Frame:
+    """The same for every read of the same range (a dashboard asks for the same ones again
+    and again): `_kept_frame` keeps the last few."""
+    bounds = bucket_bounds(start, end, granularity)
+    texts = tuple(_utc_text(b) for b in bounds)
+    empty = tuple(orjson.dumps({"start": texts[i], "end": texts[i + 1], "vcpu_seconds": "0",
+                                "gib_seconds": "0", "cost": "0"})
+                  for i in range(len(texts) - 1))
+    return _Frame(tuple(bounds), texts, empty)
+
+
+def _usage(
     session: Session, settings: Settings, team_id: str, start: datetime | None,
     end: datetime | None, granularity: str,
-) -> dict[str, Any]:
-    """The body of `GET /v1/teams/{team_id}/usage` (`UsageOut`'s shape) as plain data, cheap
-    to serialize: a year of hours is 8,760 points, most of them zero."""
+) -> tuple[_Frame, dict[int, dict[str, str]], dict[str, str]]:
+    """A series' frame, the points of its buckets with usage (by index), and its totals."""
     now = now_ms_truncated()
-    bounds = bucket_bounds(_in_utc(start) or month_start(now), _in_utc(end) or now, granularity)
-    used = _priced_totals(session, team_id, bounds, now, _stale(settings))
-    texts = [_utc_text(b) for b in bounds]
-    series = [{"start": texts[i], "end": texts[i + 1], "vcpu_seconds": "0",
-               "gib_seconds": "0", "cost": "0"} for i in range(len(bounds) - 1)]
+    lo, hi = _in_utc(start) or month_start(now), _in_utc(end) or now
+    # A range ending now is new every time: only fixed ranges are worth keeping.
+    frame = (_kept_frame if end is not None else _series_frame)(lo, hi, granularity)
+    used = _priced_totals(session, team_id, list(frame.bounds), now, _stale(settings))
+    points: dict[int, dict[str, str]] = {}
     total_v = total_m = 0
     for i, (vcpu_ms, mib_ms, cost) in used.items():
         total_v += vcpu_ms
         total_m += mib_ms
-        series[i].update(vcpu_seconds=fmt(vcpu_seconds(vcpu_ms)),
-                         gib_seconds=fmt(gib_seconds(mib_ms)), cost=fmt(cost))
+        points[i] = {"start": frame.texts[i], "end": frame.texts[i + 1],
+                     "vcpu_seconds": fmt(vcpu_seconds(vcpu_ms)),
+                     "gib_seconds": fmt(gib_seconds(mib_ms)), "cost": fmt(cost)}
+    totals = {"vcpu_seconds": fmt(vcpu_seconds(total_v)),
+              "gib_seconds": fmt(gib_seconds(total_m)),
+              "cost": fmt(add(*(cost for _, _, cost in used.values())))}
+    return frame, points, totals
+
+
+def usage_answer(
+    session: Session, settings: Settings, team_id: str, start: datetime | None,
+    end: datetime | None, granularity: str,
+) -> dict[str, Any]:
+    """The body of `GET /v1/teams/{team_id}/usage` (`UsageOut`'s shape) as plain data."""
+    frame, points, totals = _usage(session, settings, team_id, start, end, granularity)
+    series = [points.get(i) or orjson.loads(empty) for i, empty in enumerate(frame.empty)]
     return {"team_id": team_id, "granularity": granularity, "currency": settings.currency,
-            "series": series,
-            "totals": {"vcpu_seconds": fmt(vcpu_seconds(total_v)),
-                       "gib_seconds": fmt(gib_seconds(total_m)),
-                       "cost": fmt(add(*(cost for _, _, cost in used.values())))}}
+            "series": series, "totals": totals}
+
+
+def usage_json(
+    session: Session, settings: Settings, team_id: str, start: datetime | None,
+    end: datetime | None, granularity: str,
+) -> tuple[bytes, int]:
+    """`usage_answer` as its JSON, and its number of points. A year of hours is 8,760 points,
+    most of them empty: those are the range's kept JSON, joined, not built again."""
+    frame, points, totals = _usage(session, settings, team_id, start, end, granularity)
+    series = list(frame.empty)
+    for i, point in points.items():
+        series[i] = orjson.dumps(point)
+    head = orjson.dumps({"team_id": team_id, "granularity": granularity,
+                         "currency": settings.currency})
+    body = b"".join((head[:-1], b',"series":[', b",".join(series), b'],"totals":',
+                     orjson.dumps(totals), b"}"))
+    return body, len(series)
 
 
 def usage_series(
