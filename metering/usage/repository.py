@@ -159,6 +159,18 @@ def bucket_usage(
             for i in range(len(bounds) - 1)]
 
 
+def closing_hour(bounds: Sequence[datetime], now: datetime) -> datetime | None:
+    """The hour a read ending at `now` cuts at `now` alone (the last bucket holds all of it up
+    to now), if any. Its settled usage up to now is its rollup less what settled segments hold
+    after now (none but ends stamped ahead of the clock), which is read by index in a few rows,
+    instead of every segment that ended in the hour so far (a number that grows all hour)."""
+    end = bounds[-1]
+    hour = _floor_hour(end)
+    if len(bounds) < 2 or end != now or end == hour or bounds[-2] > hour:
+        return None
+    return hour
+
+
 def bucket_totals(
     session: Session, team_id: str, bounds: Sequence[datetime], now: datetime,
     stale_after: timedelta,
@@ -170,32 +182,40 @@ def bucket_totals(
     count = len(bounds) - 1
     totals: dict[int, list[int]] = {}
 
-    def add(rows: Any, shift: int = 0) -> None:
+    def add(rows: Any, shift: int = 0, sign: int = 1) -> None:
         for r in rows:
             index = int(r[0]) - 1 + shift
             if 0 <= index < count:
                 slot = totals.setdefault(index, [0, 0])
-                slot[0] += int(r[1] or 0)
-                slot[1] += int(r[2] or 0)
+                slot[0] += sign * int(r[1] or 0)
+                slot[1] += sign * int(r[2] or 0)
 
     params = {"team_id": team_id, "now": now, "stale": stale_after}
     everything = timestamptz_array(bounds)
-    partial = sorted({_floor_hour(b) for b in bounds if b.minute or b.second or b.microsecond})
+    closing = closing_hour(bounds, now)
+    partial = sorted({_floor_hour(b) for b in bounds
+                      if (b.minute or b.second or b.microsecond) and _floor_hour(b) != closing})
     statements: list[tuple[Any, dict[str, Any]]] = [
         (_BUCKETED_OPEN, {**params, "start": bounds[0], "end": bounds[-1],
                           "bounds": everything}),
         (_ROLLUPS, {"team_id": team_id, "bounds": everything, "start": _floor_hour(bounds[0]),
                     "end": bounds[-1], "partial": partial})]
-    shifts = [0, 0]
+    shifts = [(0, 1), (0, 1)]
     for hour in partial:
         lo, hi = max(hour, bounds[0]), min(hour + timedelta(hours=1), bounds[-1])
         inner = [lo, *(b for b in bounds if lo < b < hi), hi]
-        shifts.append(bisect_right(bounds, lo) - 1)
+        shifts.append((bisect_right(bounds, lo) - 1, 1))
         statements.append((_BUCKETED_SETTLED, {**params, "start": lo, "end": hi,
                                                "bounds": inner}))
+    if closing is not None:
+        # The hour's rollup (counted in the last bucket) less its settled usage after now.
+        after = closing + timedelta(hours=1)
+        shifts.append((count - 1, -1))
+        statements.append((_BUCKETED_SETTLED, {**params, "start": now, "end": after,
+                                               "bounds": [now, after]}))
     # One round trip: open executions, rollups and every partial hour.
-    for rows, shift in zip(pipeline(session, statements), shifts, strict=True):
-        add(rows, shift)
+    for rows, (shift, sign) in zip(pipeline(session, statements), shifts, strict=True):
+        add(rows, shift, sign)
     return {i: (v, m) for i, (v, m) in totals.items() if v or m}
 
 
@@ -426,25 +446,33 @@ def bucket_usage_many(
     asks = {t: list(b) for t, b in bounds_by_team.items() if len(b) >= 2}
     totals = {t: [[0, 0] for _ in range(len(b) - 1)] for t, b in asks.items()}
 
-    def add(team_id: str, index: int, vcpu_ms: Any, mib_ms: Any) -> None:
+    def add(team_id: str, index: int, vcpu_ms: Any, mib_ms: Any, sign: int = 1) -> None:
         rows = totals[team_id]
         if 0 <= index < len(rows):
-            rows[index][0] += int(vcpu_ms or 0)
-            rows[index][1] += int(mib_ms or 0)
+            rows[index][0] += sign * int(vcpu_ms or 0)
+            rows[index][1] += sign * int(mib_ms or 0)
 
     flat_teams = [t for t, b in asks.items() for _ in b]
     flat_bounds = [x for b in asks.values() for x in b]
     partial_teams: list[str] = []
     partial_hours: list[datetime] = []
-    keys: list[tuple[int, str, datetime, datetime, int]] = []  # (k, team, lo, hi, shift)
+    # (k, team, lo, hi, shift, sign): a partial hour's piece, or (sign -1) a closing hour's
+    # settled usage after now, taken from its rollup (see `closing_hour`).
+    keys: list[tuple[int, str, datetime, datetime, int, int]] = []
     key_bounds: list[tuple[int, datetime]] = []
     for team_id, bounds in asks.items():
+        closing = closing_hour(bounds, now)
         for hour in sorted({_floor_hour(b) for b in bounds if b != _floor_hour(b)}):
+            if hour == closing:
+                k, after = len(keys), hour + timedelta(hours=1)
+                keys.append((k, team_id, now, after, len(bounds) - 2, -1))
+                key_bounds += [(k, now), (k, after)]
+                continue
             partial_teams.append(team_id)
             partial_hours.append(hour)
             lo, hi = max(hour, bounds[0]), min(hour + timedelta(hours=1), bounds[-1])
             k = len(keys)
-            keys.append((k, team_id, lo, hi, max(i for i, b in enumerate(bounds) if b <= lo)))
+            keys.append((k, team_id, lo, hi, max(i for i, b in enumerate(bounds) if b <= lo), 1))
             key_bounds += [(k, x) for x in [lo, *(b for b in bounds if lo < b < hi), hi]]
     if not asks:
         return {}
@@ -466,7 +494,7 @@ def bucket_usage_many(
     for team_id, i, vcpu_ms, mib_ms in [*answers[0], *answers[1]]:
         add(str(team_id), int(i) - 1, vcpu_ms, mib_ms)
     for k, i, vcpu_ms, mib_ms in answers[2] if keys else []:
-        _, team_id, _, _, shift = keys[int(k)]
-        add(team_id, int(i) - 1 + shift, vcpu_ms, mib_ms)
+        _, team_id, _, _, shift, sign = keys[int(k)]
+        add(team_id, int(i) - 1 + shift, vcpu_ms, mib_ms, sign)
     return {t: [BucketUsage(b[i], b[i + 1], totals[t][i][0], totals[t][i][1])
                 for i in range(len(b) - 1)] for t, b in asks.items()}

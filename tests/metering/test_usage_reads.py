@@ -205,3 +205,48 @@ def test_a_year_of_hours_answers_every_hour_with_its_usage(
     assert [(p["start"], p["vcpu_seconds"]) for p in part["series"]] == [
         ("2026-03-09T10:45:00.000Z", "1800"), ("2026-03-09T11:00:00.000Z", "1800"),
         ("2026-03-09T12:00:00.000Z", "0")]
+
+
+def test_the_hour_running_now_is_exact_from_its_rollup(
+    client: TestClient, api_keys: Keys, sessions: sessionmaker[Session]
+) -> None:
+    """A read ending now takes the current hour's settled usage from its rollup, less what
+    settled segments hold after now (an end stamped ahead of the clock): the same integers as
+    integrating every segment, per team and in bulk, folded or not."""
+    from metering.db import transaction
+    from metering.executions import jobs as execution_jobs
+    from metering.usage import bucket_usage_many
+    from metering.usage.repository import bucket_usage
+
+    now = datetime(2026, 11, 20, 10, 30, 0, 123000, tzinfo=UTC)
+    clock.set_offset(now - datetime.now(UTC))
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    t = "team_closing"
+
+    def run(name: str, start: datetime, end: datetime, vcpu: int) -> list[dict]:
+        return [event("created", team=t, sandbox=name, execution=name, time=iso(start),
+                      vcpu=vcpu, memory_mib=512 * vcpu),
+                event("killed", team=t, sandbox=name, execution=name, time=iso(end),
+                      reason="request")]
+
+    ahead = now + timedelta(seconds=20, milliseconds=7)  # stamped ahead of the clock
+    post(client, api_keys, [
+        *run("a", hour + timedelta(minutes=5), hour + timedelta(minutes=20), 2),
+        *run("b", hour - timedelta(minutes=10), ahead, 1),
+        *run("c", hour - timedelta(hours=2), hour + timedelta(minutes=25, milliseconds=1), 4),
+    ])
+    ms = 1
+    expected_hour = (2 * 15 * 60_000 + 1 * (now - hour) // timedelta(milliseconds=ms)
+                     + 4 * (25 * 60_000 + 1))
+    expected_before = 1 * 10 * 60_000 + 4 * 2 * 3_600_000
+    stale = timedelta(seconds=60)
+    bounds = [hour - timedelta(hours=3), hour, now]
+    for folded in (False, True):
+        if folded:
+            execution_jobs.fold_rollup_deltas(sessions)
+        with transaction(sessions) as session:
+            alone = bucket_usage(session, t, bounds, now, stale)
+            many = bucket_usage_many(session, {t: bounds}, now, stale)[t]
+        assert [u.vcpu_ms for u in alone] == [expected_before, expected_hour], folded
+        assert [u.mib_ms for u in alone] == [512 * expected_before, 512 * expected_hour]
+        assert many == alone
