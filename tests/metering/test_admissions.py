@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
@@ -179,7 +180,7 @@ def test_admission_needs_an_ingest_key(client: TestClient, api_keys: Keys) -> No
 
 
 def test_pro_admissions_stay_on_the_event_loop_past_the_plan_cache_lifetime(
-    client: TestClient, api_keys: Keys, monkeypatch: pytest.MonkeyPatch
+    app: FastAPI, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The API process refreshes its plan versions in the background, so admissions a known
     Pro team makes keep their fast path however long the process runs (a lapsed cache used to
@@ -187,17 +188,26 @@ def test_pro_admissions_stay_on_the_event_loop_past_the_plan_cache_lifetime(
     import time
 
     from billing.plans import repository as plan_repo
+    from metering.auth import service as key_service
+    from metering.db import transaction
 
+    # Set before the app starts, so its refresher runs on the short cadence from the first.
     monkeypatch.setattr(plan_repo, "_CACHE_SECONDS", 1.5)
     monkeypatch.setattr(plan_repo, "REFRESH_SECONDS", 0.2)
-    put_team(client, api_keys, "team_fast", plan="pro")
-    client.post("/v1/teams/team_fast/overrides", json={"concurrency": 100, "starts_per_second": 100},
-                headers=Keys.auth(api_keys.finance))
-    assert admit(client, api_keys, "team_fast", "warm").status_code == 200  # the team is known
-    before = paths()
-    for i in range(20):  # 4 s: well over two cache lifetimes
-        assert admit(client, api_keys, "team_fast", f"sbx_{i}").status_code == 200
-        time.sleep(0.2)
-    after = paths()
+    with transaction(sessions) as session:
+        keys = Keys(ingest=key_service.create_key(session, "ingest").key,
+                    finance=key_service.create_key(session, "finance").key,
+                    admin=key_service.create_key(session, "admin").key)
+    with TestClient(app) as client:
+        put_team(client, keys, "team_fast", plan="pro")
+        client.post("/v1/teams/team_fast/overrides",
+                    json={"concurrency": 100, "starts_per_second": 100},
+                    headers=Keys.auth(keys.finance))
+        assert admit(client, keys, "team_fast", "warm").status_code == 200  # known now
+        before = paths()
+        for i in range(20):  # 4 s: well over two cache lifetimes
+            assert admit(client, keys, "team_fast", f"sbx_{i}").status_code == 200
+            time.sleep(0.2)
+        after = paths()
     taken = {p: after.get(p, 0) - before.get(p, 0) for p in ("loop", "thread", "fallback")}
     assert taken == {"loop": 20, "thread": 0, "fallback": 0}, taken
