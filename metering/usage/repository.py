@@ -13,7 +13,6 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import text
@@ -135,13 +134,7 @@ def _floor_hour(moment: datetime) -> datetime:
 
 def timestamptz_array(moments: Sequence[datetime]) -> str:
     """An array parameter for `CAST(... AS timestamptz[])` as one text literal: PostgreSQL
-    parses 8,760 times in a fraction of the time psycopg's list dumper takes in Python. The
-    same bounds come back with every read of the same range: their literal is kept."""
-    return _array_literal(tuple(moments))
-
-
-@lru_cache(maxsize=8)  # at most 10,001 times each: a few MiB in all
-def _array_literal(moments: tuple[datetime, ...]) -> str:
+    parses 8,760 times in a fraction of the time psycopg's list dumper takes in Python."""
     return "{" + ",".join([m.isoformat() for m in moments]) + "}"
 
 
@@ -173,10 +166,11 @@ def closing_hour(bounds: Sequence[datetime], now: datetime) -> datetime | None:
 
 def bucket_totals(
     session: Session, team_id: str, bounds: Sequence[datetime], now: datetime,
-    stale_after: timedelta,
+    stale_after: timedelta, literal: str | None = None,
 ) -> dict[int, tuple[int, int]]:
     """`bucket_usage` for long series: (vCPU-ms, MiB-ms) by bucket index, only the buckets
-    with usage (a year of hours is 8,760 buckets, most of them empty)."""
+    with usage (a year of hours is 8,760 buckets, most of them empty). `literal`: the bounds
+    as `timestamptz_array` writes them, when the caller keeps it."""
     if len(bounds) < 2:
         return {}
     count = len(bounds) - 1
@@ -191,7 +185,7 @@ def bucket_totals(
                 slot[1] += sign * int(r[2] or 0)
 
     params = {"team_id": team_id, "now": now, "stale": stale_after}
-    everything = timestamptz_array(bounds)
+    everything = literal or timestamptz_array(bounds)
     closing = closing_hour(bounds, now)
     partial = sorted({_floor_hour(b) for b in bounds
                       if (b.minute or b.second or b.microsecond) and _floor_hour(b) != closing})

@@ -111,14 +111,15 @@ def priced_usage(
 
 def _priced_totals(
     session: Session, team_id: str, bounds: list[datetime], now: datetime,
-    stale_after: timedelta, schedule: PriceSchedule | None = None,
+    stale_after: timedelta, schedule: PriceSchedule | None = None, literal: str | None = None,
 ) -> dict[int, tuple[int, int, Decimal]]:
     """(vCPU-ms, MiB-ms, exact cost) by bucket index, only the buckets with usage; a bucket
     that a price change cuts is priced piece by piece."""
     schedule = schedule or schedule_for(session, team_id, bounds[0], bounds[-1])
     fine = priced_bounds(bounds, schedule)
+    kept = literal if len(fine) == len(bounds) else None  # no price change inside
     return price_totals(bounds, schedule,
-                        repo.bucket_totals(session, team_id, fine, now, stale_after))
+                        repo.bucket_totals(session, team_id, fine, now, stale_after, kept))
 
 
 def priced_bounds(bounds: Sequence[datetime], schedule: PriceSchedule) -> list[datetime]:
@@ -218,6 +219,7 @@ class _Frame:
     bounds: tuple[datetime, ...]
     texts: tuple[str, ...]
     empty: tuple[bytes, ...]  # `UsagePoint` JSON of a bucket without usage
+    literal: str  # the bounds as the database is sent them
 
 
 @lru_cache(maxsize=8)  # at most 10,000 buckets each: a few MiB in all
@@ -233,7 +235,7 @@ def _series_frame(start: datetime, end: datetime, granularity: str) -> _Frame:
     empty = tuple(orjson.dumps({"start": texts[i], "end": texts[i + 1], "vcpu_seconds": "0",
                                 "gib_seconds": "0", "cost": "0"})
                   for i in range(len(texts) - 1))
-    return _Frame(tuple(bounds), texts, empty)
+    return _Frame(tuple(bounds), texts, empty, repo.timestamptz_array(bounds))
 
 
 def _usage(
@@ -245,7 +247,8 @@ def _usage(
     lo, hi = _in_utc(start) or month_start(now), _in_utc(end) or now
     # A range ending now is new every time: only fixed ranges are worth keeping.
     frame = (_kept_frame if end is not None else _series_frame)(lo, hi, granularity)
-    used = _priced_totals(session, team_id, list(frame.bounds), now, _stale(settings))
+    used = _priced_totals(session, team_id, list(frame.bounds), now, _stale(settings),
+                          literal=frame.literal)
     points: dict[int, dict[str, str]] = {}
     total_v = total_m = 0
     for i, (vcpu_ms, mib_ms, cost) in used.items():
