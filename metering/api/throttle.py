@@ -61,6 +61,8 @@ def forget_all() -> None:
 
 CHARGE = "metering.throttle.charge"  # the scope entry a handler adds its extra cost to
 POINTS_PER_TOKEN = 1000
+# Reads in flight of a key this process has not authenticated yet (see `Throttle`).
+UNRESOLVED_READS_IN_FLIGHT = 1
 
 
 class Charge:
@@ -156,7 +158,14 @@ class Throttle:
         headers: list[tuple[bytes, bytes]] = []
         if token is not None:
             fp = fingerprint(token)
-            limit = limit_for(self.settings, _known.get(fp))
+            found = _known.get(fp)
+            limit = limit_for(self.settings, found)
+            if found is None and klass == "read" and (
+                    not limit.concurrency or limit.concurrency > UNRESOLVED_READS_IN_FLIGHT):
+                # A key not yet authenticated here reads one request at a time until its
+                # first answer tells this process its role: a burst of reads from a key met
+                # for the first time cannot fill the read pool before its own limits apply.
+                limit = limit.model_copy(update={"concurrency": UNRESOLVED_READS_IN_FLIGHT})
             now = time.monotonic()
             bucket = self.keys.bucket(fp, limit, now)
             if limit.rate:

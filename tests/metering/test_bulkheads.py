@@ -194,3 +194,48 @@ def test_a_long_usage_series_costs_its_key_more_of_its_allowance(
         app.state.engine.dispose()
         app.state.read_engine.dispose()
         throttle.forget_all()
+
+
+def test_a_key_met_for_the_first_time_reads_one_request_at_a_time_until_known() -> None:
+    """A burst of reads from a key this process has not authenticated yet cannot fill the
+    read pool: one read goes in, the others are told to retry, and once the key's role is
+    known its own allowance applies. The orchestrator's path is not held back that way."""
+    import asyncio
+    from types import SimpleNamespace
+
+    settings = Settings(database_url=None, run_scheduler=False)
+    release = asyncio.Event()
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        if scope["path"] in ("/v1/teams/slow", "/v1/events"):
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    guard = throttle.Throttle(app, settings)
+    state = SimpleNamespace(settings=settings)
+
+    async def call(path: str, token: str) -> int:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "path": path, "app": SimpleNamespace(state=state),
+                 "headers": [(b"authorization", f"Bearer {token}".encode())]}
+        await guard(scope, None, send)  # type: ignore[arg-type]
+        return int(sent[0]["status"])
+
+    async def scenario() -> list[int]:
+        throttle.forget_all()
+        held = asyncio.create_task(call("/v1/teams/slow", "new-key"))
+        ingest = [asyncio.create_task(call("/v1/events", "orchestrator-key")) for _ in range(3)]
+        await asyncio.sleep(0)  # the held requests are inside the app now
+        second = await call("/v1/teams/fast", "new-key")
+        throttle.remember("known-key", "key_1", "team")  # authenticated here before
+        known = [asyncio.create_task(call("/v1/teams/slow", "known-key")) for _ in range(2)]
+        await asyncio.sleep(0)
+        release.set()
+        return [await held, second, *[await t for t in ingest], *[await t for t in known]]
+
+    assert asyncio.run(scenario()) == [200, 429, 200, 200, 200, 200, 200]
