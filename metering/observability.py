@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import itertools
 import logging
 import os
 import re
@@ -426,7 +427,7 @@ class RequestObservability:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _incoming_request_id(scope) or secrets.token_hex(12)
+        request_id = _incoming_request_id(scope) or _new_request_id()
         token = request_id_var.set(request_id)
         method: str = scope["method"]
         path: str = scope["path"]
@@ -456,6 +457,21 @@ class RequestObservability:
             except Exception:
                 log.exception("recording request metrics failed")
             request_id_var.reset(token)
+
+
+# Request ids are unique, not secret: a random prefix per process and a counter, so that
+# naming a request costs no system call on the event loop (`secrets` reads the kernel's
+# random source every time). 24 hex characters, as before.
+_request_prefix: tuple[int, str] = (0, "")  # (pid, prefix): a forked child draws its own
+_request_numbers = itertools.count()
+
+
+def _new_request_id() -> str:
+    global _request_prefix  # noqa: PLW0603 - the process's prefix, drawn once per process
+    pid, prefix = _request_prefix
+    if pid != os.getpid():
+        pid, prefix = _request_prefix = (os.getpid(), secrets.token_hex(6))
+    return f"{prefix}{next(_request_numbers) & 0xFFFFFFFFFFFF:012x}"
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

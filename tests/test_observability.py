@@ -208,3 +208,11 @@ def test_a_job_run_skipped_because_the_last_one_still_runs_is_counted() -> None:
     samples = parse(observability.render_metrics().decode())
     assert value(samples, "metering_job_runs_skipped_total", job="enforce_limits",
                  why="running") >= 1
+
+
+def test_request_ids_made_here_are_unique_24_hex_characters() -> None:
+    from metering.observability import _new_request_id
+
+    made = [_new_request_id() for _ in range(10_000)]
+    assert len(set(made)) == len(made)
+    assert all(len(r) == 24 and int(r, 16) >= 0 for r in made)
