@@ -87,11 +87,15 @@ WITH seg AS (
     WHERE s.team_id = :team_id AND s.end_at > :start AND s.start_at < :end
       AND (e.end_at IS NOT NULL OR e.inferred_end_at IS NOT NULL)
     UNION ALL
+    -- Driven by the team's inferred ends after :start, each execution's open segment looked
+    -- up by key (fenced: without statistics PostgreSQL scanned every open segment instead).
     SELECT s.vcpu, s.memory_mib, greatest(s.start_at, CAST(:start AS timestamptz)),
            least(e.inferred_end_at, CAST(:end AS timestamptz))
-    FROM executions e
-    JOIN execution_segments s ON s.execution_id = e.execution_id AND s.end_at IS NULL
-    WHERE e.team_id = :team_id AND e.inferred_end_at > :start AND s.start_at < :end
+    FROM (SELECT execution_id, inferred_end_at FROM executions
+          WHERE team_id = :team_id AND inferred_end_at > :start OFFSET 0) e
+    CROSS JOIN LATERAL (SELECT start_at, vcpu, memory_mib FROM execution_segments
+                        WHERE execution_id = e.execution_id AND end_at IS NULL OFFSET 0) s
+    WHERE s.start_at < :end
 ), piece""" + _BUCKETED_SQL.split("), piece", 1)[1])
 
 # Settled usage per team and hour: the rollups and the deltas not folded into them yet, in
