@@ -117,38 +117,49 @@ def test_reads_cannot_take_the_orchestrators_connections(
             connection.close()
 
 
-def test_a_key_with_its_requests_in_flight_used_up_gets_429() -> None:
-    """One request of the key is held inside the app: the next one of the same key is refused
-    at once, another key's goes through, and once the first ends the key may ask again."""
-    import asyncio
-    from types import SimpleNamespace
+class _Guarded:
+    """The throttle in front of an app that holds requests to `held` paths until released:
+    `call` answers the status one request of `token` got."""
 
-    settings = Settings(database_url=None, run_scheduler=False,
-                        key_limits={"unresolved": KeyLimit(concurrency=1)})
-    release = asyncio.Event()
+    def __init__(self, settings: Settings, held: tuple[str, ...]) -> None:
+        import asyncio
+        from types import SimpleNamespace
 
-    async def app(scope: dict, receive: object, send: object) -> None:
-        if scope["path"] == "/v1/teams/slow":
-            await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
-        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+        self.release = asyncio.Event()
 
-    guard = throttle.Throttle(app, settings)
-    state = SimpleNamespace(settings=settings)
+        async def app(scope: dict, receive: object, send: object) -> None:
+            if scope["path"] in held:
+                await self.release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+            await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
 
-    async def call(path: str, token: str) -> int:
+        self.guard = throttle.Throttle(app, settings)
+        self.app_ref = SimpleNamespace(state=SimpleNamespace(settings=settings))
+
+    async def call(self, path: str, token: str) -> int:
         sent: list[dict] = []
 
         async def send(message: dict) -> None:
             sent.append(message)
 
-        scope = {"type": "http", "path": path, "app": SimpleNamespace(state=state),
+        scope = {"type": "http", "path": path, "app": self.app_ref,
                  "headers": [(b"authorization", f"Bearer {token}".encode())]}
-        await guard(scope, None, send)  # type: ignore[arg-type]
+        await self.guard(scope, None, send)  # type: ignore[arg-type]
         return int(sent[0]["status"])
+
+
+def test_a_key_with_its_requests_in_flight_used_up_gets_429() -> None:
+    """One request of the key is held inside the app: the next one of the same key is refused
+    at once, another key's goes through, and once the first ends the key may ask again."""
+    import asyncio
+
+    settings = Settings(database_url=None, run_scheduler=False,
+                        key_limits={"unresolved": KeyLimit(concurrency=1)})
 
     async def scenario() -> list[int]:
         throttle.forget_all()
+        guarded = _Guarded(settings, ("/v1/teams/slow",))
+        call, release = guarded.call, guarded.release
         held = asyncio.create_task(call("/v1/teams/slow", "key-a"))
         await asyncio.sleep(0)  # the held request is inside the app now
         second = await call("/v1/teams/fast", "key-a")
@@ -201,33 +212,13 @@ def test_a_key_met_for_the_first_time_reads_one_request_at_a_time_until_known() 
     read pool: one read goes in, the others are told to retry, and once the key's role is
     known its own allowance applies. The orchestrator's path is not held back that way."""
     import asyncio
-    from types import SimpleNamespace
 
     settings = Settings(database_url=None, run_scheduler=False)
-    release = asyncio.Event()
-
-    async def app(scope: dict, receive: object, send: object) -> None:
-        if scope["path"] in ("/v1/teams/slow", "/v1/events"):
-            await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
-        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
-
-    guard = throttle.Throttle(app, settings)
-    state = SimpleNamespace(settings=settings)
-
-    async def call(path: str, token: str) -> int:
-        sent: list[dict] = []
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "path": path, "app": SimpleNamespace(state=state),
-                 "headers": [(b"authorization", f"Bearer {token}".encode())]}
-        await guard(scope, None, send)  # type: ignore[arg-type]
-        return int(sent[0]["status"])
 
     async def scenario() -> list[int]:
         throttle.forget_all()
+        guarded = _Guarded(settings, ("/v1/teams/slow", "/v1/events"))
+        call, release = guarded.call, guarded.release
         held = asyncio.create_task(call("/v1/teams/slow", "new-key"))
         ingest = [asyncio.create_task(call("/v1/events", "orchestrator-key")) for _ in range(3)]
         await asyncio.sleep(0)  # the held requests are inside the app now
