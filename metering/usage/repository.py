@@ -285,9 +285,13 @@ FROM rows GROUP BY minute ORDER BY minute
 
 def sandbox_teams(session: Session, sandbox_id: str, limit: int = 10) -> list[str]:
     """The teams that ran a sandbox with this id (the orchestrator's ids may repeat)."""
+    # Fenced (OFFSET 0): with ORDER BY … LIMIT over the bare table PostgreSQL may walk the
+    # team-ordered index and filter every execution (60 ms at 46,000 rows, measured) instead
+    # of looking the id up in its own index (0.3 ms).
     rows = session.execute(text(
-        "SELECT DISTINCT team_id FROM executions WHERE sandbox_id = :s ORDER BY team_id "
-        "LIMIT :limit"), {"s": sandbox_id, "limit": limit})
+        "SELECT team_id FROM (SELECT DISTINCT team_id FROM executions "
+        "WHERE sandbox_id = :s OFFSET 0) AS t ORDER BY team_id LIMIT :limit"),
+        {"s": sandbox_id, "limit": limit})
     return [str(r[0]) for r in rows]
 
 
