@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     key_limits: dict[str, KeyLimit] = Field(default_factory=_default_key_limits)
     key_limit_overrides: dict[str, KeyLimit] = Field(default_factory=dict)  # by key id
     read_concurrency: int = Field(default=24, ge=1)  # reads in flight per API process
+    # Reads with a long answer (a series of more than 1,000 points) running at once per API
+    # process; the others wait their turn on the event loop, holding no thread.
+    long_read_concurrency: int = Field(default=1, ge=1)
     read_pool_size: int = Field(default=8, ge=1)  # connections for reads (+ as many overflow)
     read_pool_timeout_s: float = Field(default=2.0, gt=0)  # float-ok: wait for a connection
     read_statement_timeout_ms: int = Field(default=15_000, ge=100)

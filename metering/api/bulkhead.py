@@ -10,7 +10,11 @@ Requests fall in three classes by path (`route_class`):
   (`app.state.read_sessions`, with a statement timeout) and at most `read_concurrency` requests
   in flight per process: past that it answers `503 overloaded` at once, with `Retry-After`,
   instead of queueing for a connection. Sync endpoints run on AnyIO's default thread limiter,
-  which `install` sizes above `read_concurrency`, so reads never hold every thread.
+  which `install` sizes above `read_concurrency`, so reads never hold every thread. Reads with
+  a long answer (`long_read`) also take one of `long_read_concurrency` places (1): several of
+  them working at once in threads make the event loop wait its turn for the interpreter lock
+  behind each of them, and the admissions it serves with it (measured in `bench.abuse`:
+  admission p99 82 to 88 ms with four at once per process, 28 to 37 ms with one).
 
 Per-key rate and concurrency limits (`metering.api.throttle`) come before the class check.
 """
@@ -50,8 +54,10 @@ class Capacity:
 
     orchestrator_threads: int
     read_concurrency: int
+    long_read_concurrency: int = 1
     reads_in_flight: int = 0
     _limiters: dict[int, anyio.CapacityLimiter] = field(default_factory=dict)
+    _long_reads: dict[int, anyio.CapacityLimiter] = field(default_factory=dict)
 
     def orchestrator_limiter(self) -> anyio.CapacityLimiter:
         import asyncio
@@ -65,6 +71,16 @@ class Capacity:
             # read and the sync handlers of the orchestrator's feed besides.
             default = anyio.to_thread.current_default_thread_limiter()
             default.total_tokens = max(default.total_tokens, self.read_concurrency + 16)
+        return limiter
+
+    def long_read_limiter(self) -> anyio.CapacityLimiter:
+        import asyncio
+
+        loop = id(asyncio.get_running_loop())
+        limiter = self._long_reads.get(loop)
+        if limiter is None:
+            limiter = anyio.CapacityLimiter(self.long_read_concurrency)
+            self._long_reads[loop] = limiter
         return limiter
 
     def try_enter_read(self) -> bool:
@@ -81,7 +97,8 @@ def capacity(state: Any) -> Capacity:
     found: Capacity | None = getattr(state, "capacity", None)
     if found is None:
         settings = state.settings
-        found = Capacity(settings.orchestrator_threads, settings.read_concurrency)
+        found = Capacity(settings.orchestrator_threads, settings.read_concurrency,
+                         settings.long_read_concurrency)
         state.capacity = found
     return found
 
@@ -90,6 +107,12 @@ async def run_sync(request: Request, work: Callable[..., T], *args: Any) -> T:
     """Run the orchestrator path's unit of work on its own worker threads."""
     limiter = capacity(request.app.state).orchestrator_limiter()
     return await anyio.to_thread.run_sync(partial(work, *args), limiter=limiter)
+
+
+def long_read(request: Request) -> anyio.CapacityLimiter:
+    """The place a read with a long answer waits for (`async with`) before its worker-thread
+    hop: the process runs `long_read_concurrency` of them at once."""
+    return capacity(request.app.state).long_read_limiter()
 
 
 def sessions_for(request: Request) -> sessionmaker[Session]:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from metering.api import throttle
+from metering.api import bulkhead, throttle
 from metering.api.deps import (
     CredentialsDep,
     PrincipalDep,
@@ -38,13 +38,18 @@ async def get_usage(
     A long series costs its key more of its rate allowance: a token per 1,000 points besides
     the request's own (a year of hours, 8,760 points, costs 9)."""
 
+    lo, hi = aware(start, "start"), aware(end, "end")
+
     def work(session: Session, principal: Principal) -> tuple[bytes, int]:
         team_reader(principal, team_id)
         # A year of hours is 8,760 points: serialized here, in the worker thread, in one go.
-        return service.usage_json(session, settings, team_id, aware(start, "start"),
-                                  aware(end, "end"), granularity)
+        return service.usage_json(session, settings, team_id, lo, hi, granularity)
 
-    body, points = await in_worker(request, credentials, work)
+    if service.series_length(lo, hi, granularity) > throttle.POINTS_PER_TOKEN:
+        async with bulkhead.long_read(request):  # one long series at a time per process
+            body, points = await in_worker(request, credentials, work)
+    else:
+        body, points = await in_worker(request, credentials, work)
     throttle.charge(request.scope, points)  # a long series costs its key more of its allowance
     return Response(body, media_type="application/json")
 

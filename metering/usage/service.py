@@ -274,6 +274,18 @@ def usage_answer(
             "series": series, "totals": totals}
 
 
+_BUCKET_AT_LEAST = {"hour": timedelta(hours=1), "day": timedelta(days=1),
+                   "month": timedelta(days=28)}
+
+
+def series_length(start: datetime | None, end: datetime | None, granularity: str) -> int:
+    """At most how many buckets the series of `usage_json` has, known before any work (the
+    bounds default as there: the month's start, now)."""
+    now = now_ms_truncated()
+    lo, hi = _in_utc(start) or month_start(now), _in_utc(end) or now
+    return max(0, (hi - lo) // _BUCKET_AT_LEAST[granularity] + 1)
+
+
 def usage_json(
     session: Session, settings: Settings, team_id: str, start: datetime | None,
     end: datetime | None, granularity: str,

@@ -230,3 +230,62 @@ def test_a_key_met_for_the_first_time_reads_one_request_at_a_time_until_known() 
         return [await held, second, *[await t for t in ingest], *[await t for t in known]]
 
     assert asyncio.run(scenario()) == [200, 429, 200, 200, 200, 200, 200]
+
+
+def test_reads_with_long_answers_take_turns_and_short_ones_do_not_wait(
+    database_url: str, engine: Engine, sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three year-long hourly series asked at once run one after another (each working in a
+    thread would hold the interpreter lock against the event loop that serves admissions);
+    two monthly-by-day series asked beside them run at the same time, and every one answers."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from metering.usage import service as usage_service
+
+    _, key = new_key(sessions, "finance")
+    settings = Settings(database_url=None, run_scheduler=False, long_read_concurrency=1)
+    app = create_app(settings, database_url=database_url, migrate_on_start=False)
+    throttle.forget_all()
+    real = usage_service.usage_json
+    lock = threading.Lock()
+    long_running = [0, 0]  # now, most at once
+    short_together = threading.Barrier(2, timeout=10)  # passes only with both short reads in
+
+    def observed(*args: object) -> tuple[bytes, int]:
+        if args[-1] == "hour":
+            with lock:
+                long_running[0] += 1
+                long_running[1] = max(long_running)
+            time.sleep(0.2)
+            with lock:
+                long_running[0] -= 1
+        else:
+            short_together.wait()
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(usage_service, "usage_json", observed)
+    year = {"start": "2026-01-01T00:00:00Z", "end": "2027-01-01T00:00:00Z",
+            "granularity": "hour"}
+    month = {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z",
+             "granularity": "day"}
+    try:
+        with TestClient(app) as client:
+            # The key's role is learned first (until then it reads one request at a time).
+            assert client.get("/v1/teams/team_1", headers=Keys.auth(key)).status_code == 404
+
+            def read(params: dict[str, str]) -> tuple[int, int]:
+                answer = client.get("/v1/teams/team_1/usage", params=params,
+                                    headers=Keys.auth(key))
+                return answer.status_code, len(answer.json().get("series", []))
+
+            with ThreadPoolExecutor(5) as pool:
+                answers = list(pool.map(read, [year, year, year, month, month]))
+        assert answers == [(200, 8760)] * 3 + [(200, 30)] * 2
+        assert long_running[1] == 1
+    finally:
+        app.state.engine.dispose()
+        app.state.read_engine.dispose()
+        throttle.forget_all()
