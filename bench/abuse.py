@@ -147,7 +147,12 @@ async def admissions_with_health(host: str, port: int, ingest: str, teams: list[
         w.close()
 
     prober = asyncio.create_task(probe())
-    latencies, statuses, _ = await offer(host, port, ingest, teams, rate, seconds, clients)
+    by_kind: dict[str, list[float]] = {}
+    latencies, statuses, _ = await offer(host, port, ingest, teams, rate, seconds, clients,
+                                         by_kind)
+    print("p99 by kind: " + ", ".join(
+        f"{kind} {percentile(values, 0.99) * 1000:.1f} ms (n={len(values)})"
+        for kind, values in sorted(by_kind.items())), flush=True)
     done.set()
     await prober
     return latencies, statuses, health

@@ -33,6 +33,7 @@ from bench.common import (
 
 async def offer(
     host: str, port: int, ingest: str, teams: list[str], rate: int, seconds: int, clients: int,
+    by_kind: dict[str, list[float]] | None = None,
 ) -> tuple[list[float], dict[str, dict[int, int]], float]:
     """`clients` keep-alive connections, each taking the next admission when it is due (one
     every 1/rate s); a connection busy past a due time sends late (the latency still counts
@@ -59,6 +60,8 @@ async def offer(
             writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
             status, _ = await read_response(reader)
             latencies.append(time.perf_counter() - t0)
+            if by_kind is not None:
+                by_kind.setdefault("race" if race else "fleet", []).append(latencies[-1])
             bucket = statuses["race" if race else "fleet"]
             bucket[status] = bucket.get(status, 0) + 1
         writer.close()
