@@ -60,13 +60,8 @@ class Capacity:
     _long_reads: dict[int, anyio.CapacityLimiter] = field(default_factory=dict)
 
     def orchestrator_limiter(self) -> anyio.CapacityLimiter:
-        import asyncio
-
-        loop = id(asyncio.get_running_loop())
-        limiter = self._limiters.get(loop)
-        if limiter is None:
-            limiter = anyio.CapacityLimiter(self.orchestrator_threads)
-            self._limiters[loop] = limiter
+        limiter, made = _on_running_loop(self._limiters, self.orchestrator_threads)
+        if made:
             # Sync endpoints (reads) share AnyIO's default limiter: room for every admitted
             # read and the sync handlers of the orchestrator's feed besides.
             default = anyio.to_thread.current_default_thread_limiter()
@@ -74,14 +69,7 @@ class Capacity:
         return limiter
 
     def long_read_limiter(self) -> anyio.CapacityLimiter:
-        import asyncio
-
-        loop = id(asyncio.get_running_loop())
-        limiter = self._long_reads.get(loop)
-        if limiter is None:
-            limiter = anyio.CapacityLimiter(self.long_read_concurrency)
-            self._long_reads[loop] = limiter
-        return limiter
+        return _on_running_loop(self._long_reads, self.long_read_concurrency)[0]
 
     def try_enter_read(self) -> bool:
         if self.reads_in_flight >= self.read_concurrency:
@@ -91,6 +79,21 @@ class Capacity:
 
     def leave_read(self) -> None:
         self.reads_in_flight -= 1
+
+
+def _on_running_loop(
+    limiters: dict[int, anyio.CapacityLimiter], tokens: int,
+) -> tuple[anyio.CapacityLimiter, bool]:
+    """The running loop's limiter of `limiters` (made with `tokens` on first use), and
+    whether it was made now."""
+    import asyncio
+
+    loop = id(asyncio.get_running_loop())
+    limiter = limiters.get(loop)
+    if limiter is not None:
+        return limiter, False
+    limiter = limiters[loop] = anyio.CapacityLimiter(tokens)
+    return limiter, True
 
 
 def capacity(state: Any) -> Capacity:

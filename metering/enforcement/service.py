@@ -238,11 +238,15 @@ def _look_at(
             except SQLAlchemyError:
                 raise
             except Exception:
-                # One team's broken data must not keep every other team's sandboxes running.
-                team.failed = True
-                log.exception("enforcement: judging a team failed",
-                              extra={"team_id": team.team_id})
+                _judging_failed(team)
     return looked
+
+
+def _judging_failed(team: _Team) -> None:
+    """Set aside a team whose data broke its judgement (logged, inside an `except`): one
+    team's broken data must not keep every other team's sandboxes running."""
+    team.failed = True
+    log.exception("enforcement: judging a team failed", extra={"team_id": team.team_id})
 
 
 def _read_missing_limits(
@@ -263,9 +267,7 @@ def _read_missing_limits(
             except SQLAlchemyError:
                 raise
             except Exception:
-                team.failed = True
-                log.exception("enforcement: judging a team failed",
-                              extra={"team_id": team.team_id})
+                _judging_failed(team)
                 continue
             watch.remember_limits(team.team_id, team.limits)
 
