@@ -238,13 +238,19 @@ def _series_frame(start: datetime, end: datetime, granularity: str) -> _Frame:
     return _Frame(tuple(bounds), texts, empty, repo.timestamptz_array(bounds))
 
 
+def _series_bounds(start: datetime | None, end: datetime | None,
+                   now: datetime) -> tuple[datetime, datetime]:
+    """A series' bounds in UTC: by default from the month's start to now."""
+    return _in_utc(start) or month_start(now), _in_utc(end) or now
+
+
 def _usage(
     session: Session, settings: Settings, team_id: str, start: datetime | None,
     end: datetime | None, granularity: str,
 ) -> tuple[_Frame, dict[int, dict[str, str]], dict[str, str]]:
     """A series' frame, the points of its buckets with usage (by index), and its totals."""
     now = now_ms_truncated()
-    lo, hi = _in_utc(start) or month_start(now), _in_utc(end) or now
+    lo, hi = _series_bounds(start, end, now)
     # A range ending now is new every time: only fixed ranges are worth keeping.
     frame = (_kept_frame if end is not None else _series_frame)(lo, hi, granularity)
     used = _priced_totals(session, team_id, list(frame.bounds), now, _stale(settings),
@@ -281,8 +287,7 @@ _BUCKET_AT_LEAST = {"hour": timedelta(hours=1), "day": timedelta(days=1),
 def series_length(start: datetime | None, end: datetime | None, granularity: str) -> int:
     """At most how many buckets the series of `usage_json` has, known before any work (the
     bounds default as there: the month's start, now)."""
-    now = now_ms_truncated()
-    lo, hi = _in_utc(start) or month_start(now), _in_utc(end) or now
+    lo, hi = _series_bounds(start, end, now_ms_truncated())
     return max(0, (hi - lo) // _BUCKET_AT_LEAST[granularity] + 1)
 
 
