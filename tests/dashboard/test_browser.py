@@ -100,8 +100,14 @@ def test_a_team_signs_in_reads_its_figures_and_signs_out(
         assert float(charts.nth(i).get_attribute("data-max") or 0) > 0
     assert pg.locator('[data-chart="usage"] rect.bar').count() >= 72
     assert pg.locator("#running-table tbody tr").count() == 1
-    # Live figures refresh without a reload.
+    # Live figures refresh without a reload, and a refresh keeps the running table's rows (and
+    # so the link under the pointer) in place: it rewrites only the cells that changed.
+    link = pg.locator("#running-table tbody a").first.element_handle()
     pg.wait_for_selector("body[data-refreshed]", state="attached", timeout=8000)
+    stamp = pg.locator("body").get_attribute("data-refreshed")
+    pg.wait_for_selector(f'body:not([data-refreshed="{stamp}"])', state="attached", timeout=8000)
+    assert link.evaluate("a => a.isConnected")
+    assert pg.locator("#running-table tbody tr").count() == 1
     shot(pg, "overview")
 
     # A running sandbox: its cpu and memory charts have the samples.

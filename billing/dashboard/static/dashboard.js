@@ -270,25 +270,53 @@
     });
   }
 
+  function executionRow(r, showState) {
+    var tr = html("tr", { "data-key": r.execution_id });
+    var first = html("td", {}, null, tr);
+    html("a", { href: r.href, "class": "mono" }, r.sandbox_id, first);
+    cell(tr, r.template);
+    if (showState) {
+      html("span", { "class": "pill pill-" + r.state }, r.state, html("td", {}, null, tr));
+    }
+    cell(tr, r.vcpu, "num");
+    cell(tr, r.memory, "num");
+    html("time", { datetime: r.started_at }, r.started, html("td", {}, null, tr));
+    cell(tr, r.duration, "num");
+    if (showState) { cell(tr, r.end); }
+    cell(tr, r.vcpu_seconds, "num");
+    cell(tr, r.gib_seconds, "num");
+    cell(tr, r.cost, "num amount");
+    return tr;
+  }
+
+  /* Refresh a table of executions in place: a row that is still there keeps its nodes, and
+     only a cell whose content changed is rewritten, so a link, a selection or the focus is
+     never pulled from under the reader by a refresh. */
   function executionRows(tbody, rows, showState) {
-    tbody.textContent = "";
-    rows.forEach(function (r) {
-      var tr = html("tr", {}, null, tbody);
-      var first = html("td", {}, null, tr);
-      html("a", { href: r.href, "class": "mono" }, r.sandbox_id, first);
-      cell(tr, r.template);
-      if (showState) {
-        html("span", { "class": "pill pill-" + r.state }, r.state, html("td", {}, null, tr));
-      }
-      cell(tr, r.vcpu, "num");
-      cell(tr, r.memory, "num");
-      html("time", { datetime: r.started_at }, r.started, html("td", {}, null, tr));
-      cell(tr, r.duration, "num");
-      if (showState) { cell(tr, r.end); }
-      cell(tr, r.vcpu_seconds, "num");
-      cell(tr, r.gib_seconds, "num");
-      cell(tr, r.cost, "num amount");
+    var kept = {};
+    Array.prototype.forEach.call(tbody.rows, function (tr) {
+      var key = tr.getAttribute("data-key");
+      if (key) { kept[key] = tr; }
     });
+    rows.forEach(function (r, i) {
+      var fresh = executionRow(r, showState);
+      var row = kept[r.execution_id];
+      if (row && row.cells.length === fresh.cells.length) {
+        delete kept[r.execution_id];
+        Array.prototype.forEach.call(fresh.cells, function (td, j) {
+          var old = row.cells[j];
+          if (old.innerHTML !== td.innerHTML) {
+            old.className = td.className;
+            old.replaceChildren.apply(old, Array.prototype.slice.call(td.childNodes));
+          }
+        });
+      } else {
+        row = fresh;
+      }
+      if (tbody.rows[i] !== row) { tbody.insertBefore(row, tbody.rows[i] || null); }
+    });
+    Object.keys(kept).forEach(function (key) { kept[key].remove(); });
+    while (tbody.rows.length > rows.length) { tbody.deleteRow(rows.length); }
     labelCells(tbody);
   }
 
