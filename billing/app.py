@@ -33,17 +33,23 @@ from metering import db_async, migrate, observability, plugins
 from metering.admissions import endpoints as admission_endpoints
 from metering.api import connections, throttle
 from metering.api.errors import ERROR_RESPONSES, error_response
+from metering.api.long_reads import LongReads
 from metering.auth import endpoints as keys_endpoints
 from metering.auth.service import ensure_key
 from metering.config import Settings, configure_clock, get_settings
 from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
 from metering.enforcement import endpoints as enforcement_endpoints
-from metering.errors import MeteringError, Overloaded, StorageUnavailable
+from metering.errors import (
+    CANCELLED_READ,
+    QUERY_CANCELED,
+    MeteringError,
+    Overloaded,
+    StorageUnavailable,
+)
 from metering.ingest import endpoints as ingest_endpoints
 from metering.usage import endpoints as usage_endpoints
 
 log = logging.getLogger(__name__)
-QUERY_CANCELED = "57014"  # statement_timeout
 
 
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
@@ -112,8 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return await storage_down(request, exc)
         if getattr(getattr(exc, "orig", None), "sqlstate", None) == QUERY_CANCELED:
-            err = Overloaded("the read ran past its time limit and was cancelled; ask for a "
-                             "shorter range or a coarser granularity, or retry later")
+            err = Overloaded(CANCELLED_READ)
             return JSONResponse(status_code=503, content=err.body(),
                                 headers={"Retry-After": "5"})
         if isinstance(exc, DataError):
@@ -146,6 +151,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await db_async.close_pool(app.state)
+            if app.state.long_reads is not None:
+                app.state.long_reads.close()
             app.state.engine.dispose()
             app.state.read_engine.dispose()
 
@@ -169,6 +176,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
                                         # the database dropped, instead of answering 503 once.
                                         pre_ping=True)
     app.state.read_sessions = make_sessionmaker(app.state.read_engine)
+    # Long series are built in helper processes (metering.api.long_reads), started on use.
+    app.state.long_reads = (LongReads(settings, url, setup=wire_billing)
+                            if settings.long_read_helpers else None)
     if migrate_on_start:
         migrate.upgrade(engine)
     if settings.bootstrap_admin_key:
@@ -226,6 +236,8 @@ def app_from_environment() -> FastAPI:
     connections.raise_file_limit()
     url = os.environ.get("METERING_RESOLVED_DATABASE_URL")
     app = create_app(get_settings(), database_url=url, migrate_on_start=url is None)
+    if app.state.long_reads is not None:
+        app.state.long_reads.start()
     # Everything built so far (routes, models, templates) lives as long as the process: keep
     # it out of the collector's full passes, which would otherwise walk it on every one.
     gc.collect()

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     # Reads with a long answer (a series of more than 1,000 points) running at once per API
     # process; the others wait their turn on the event loop, holding no thread.
     long_read_concurrency: int = Field(default=1, ge=1)
+    # Long reads run in helper processes (`long_read_concurrency` per API process) at this
+    # CPU priority (nice), so they hold no API process's interpreter lock and get the CPU the
+    # API processes leave; `long_read_helpers = false` runs them in the API process's threads.
+    long_read_helpers: bool = True
+    long_read_nice: int = Field(default=10, ge=0, le=19)
     read_pool_size: int = Field(default=8, ge=1)  # connections for reads (+ as many overflow)
     read_pool_timeout_s: float = Field(default=2.0, gt=0)  # float-ok: wait for a connection
     read_statement_timeout_ms: int = Field(default=15_000, ge=100)

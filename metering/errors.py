@@ -66,6 +66,11 @@ class RateLimited(MeteringError):
     code = "rate_limited"
 
 
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement past statement_timeout
+CANCELLED_READ = ("the read ran past its time limit and was cancelled; ask for a shorter "
+                  "range or a coarser granularity, or retry later")
+
+
 class Overloaded(MeteringError):
     """The process is at capacity (a pool or class limit), not broken: retry after a moment."""
 

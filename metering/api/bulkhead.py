@@ -14,7 +14,8 @@ Requests fall in three classes by path (`route_class`):
   a long answer (`long_read`) also take one of `long_read_concurrency` places (1): several of
   them working at once in threads make the event loop wait its turn for the interpreter lock
   behind each of them, and the admissions it serves with it (measured in `bench.abuse`:
-  admission p99 82 to 88 ms with four at once per process, 28 to 37 ms with one).
+  admission p99 82 to 88 ms with four at once per process, 28 to 37 ms with one). The read
+  itself is built in a helper process at a lower CPU priority (`metering.api.long_reads`).
 
 Per-key rate and concurrency limits (`metering.api.throttle`) come before the class check.
 """

@@ -179,7 +179,7 @@ def test_a_long_usage_series_costs_its_key_more_of_its_allowance(
     request is refused with the wait its bucket needs; a year of days (365 points) costs one."""
     _, hours_key = new_key(sessions, "team", "team_1")
     _, days_key = new_key(sessions, "team", "team_1")
-    settings = Settings(database_url=None, run_scheduler=False,
+    settings = Settings(database_url=None, run_scheduler=False, long_read_helpers=False,
                         key_limits={"team": KeyLimit(rate=0.5, burst=9, concurrency=4)})
     app = create_app(settings, database_url=database_url, migrate_on_start=False)
     throttle.forget_all()
@@ -246,7 +246,8 @@ def test_reads_with_long_answers_take_turns_and_short_ones_do_not_wait(
     from metering.usage import service as usage_service
 
     _, key = new_key(sessions, "finance")
-    settings = Settings(database_url=None, run_scheduler=False, long_read_concurrency=1)
+    settings = Settings(database_url=None, run_scheduler=False, long_read_concurrency=1,
+                        long_read_helpers=False)
     app = create_app(settings, database_url=database_url, migrate_on_start=False)
     throttle.forget_all()
     real = usage_service.usage_json
