@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import resource
 import threading
 import time
@@ -28,17 +29,21 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.admission import offer
 from bench.common import (
+    CpuMeter,
     create_key,
     fresh_database,
     iso,
     machine,
     now_utc,
     percentile,
+    postgres_processes,
     service,
+    service_processes,
 )
 
 USAGE_PATH = ("/v1/teams/team_abuse/usage?start=2026-01-01T00:00:00Z"
@@ -123,7 +128,11 @@ async def _abuse(host: str, port: int, team_key: str, readers: int, slow: int,
 
 
 def abuse_process(host: str, port: int, team_key: str, readers: int, slow: int,
-                  seconds: float, out: Any) -> None:  # float-ok: seconds
+                  seconds: float, nice: int, out: Any) -> None:  # float-ok: seconds
+    # The abuser's own CPU is the attacker's machine, not the service's: on these two cores
+    # it runs below the service and the admission generator, and the answers it counts show
+    # it still sends its full load.
+    os.nice(nice)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     asyncio.run(_abuse(host, port, team_key, readers, slow, seconds, out))
@@ -184,6 +193,29 @@ def skipped_runs(base: str) -> dict[str, int]:
     return counts
 
 
+def admission_buckets(base: str) -> dict[float, float]:
+    """The service's own admission latency histogram (cumulative counts by upper bound),
+    summed over its API processes: the time from the request's arrival to its answer."""
+    counts: dict[float, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+        for s in family.samples:
+            if (s.name == "metering_http_request_duration_seconds_bucket"
+                    and s.labels.get("route") == "/v1/admissions"):
+                bound = float(s.labels["le"])
+                counts[bound] = counts.get(bound, 0) + s.value
+    return counts
+
+
+def served_p99(before: dict[float, float], after: dict[float, float]) -> str:
+    """The bucket the service's own p99 falls in, from two readings of its histogram."""
+    delta = {b: after.get(b, 0) - before.get(b, 0) for b in sorted(after)}
+    total = max(delta.values(), default=0)
+    for bound, count in delta.items():
+        if total and count >= 0.99 * total:
+            return f"<= {bound * 1000:g} ms" if bound != float("inf") else "> 10 s"
+    return "n/a"
+
+
 def errors_of(statuses: dict[str, dict[int, int]]) -> int:
     """Fleet admissions not admitted (every fleet team has room), race answers not 200/429."""
     fleet = sum(n for code, n in statuses["fleet"].items() if code != 200)
@@ -198,6 +230,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--readers", type=int, default=300)
     parser.add_argument("--slow", type=int, default=2000)
+    parser.add_argument("--abuser-nice", type=int, default=10,
+                        help="CPU priority of the abusive client (0: the same as the rest)")
     args = parser.parse_args()
     started = time.monotonic()
     url = fresh_database("metering_bench_abuse")
@@ -241,17 +275,32 @@ def main() -> None:
         beats.start()
         host, port = base.removeprefix("http://").split(":")
 
+        served = [admission_buckets(base)]
         calm = asyncio.run(admissions_with_health(
             host, int(port), ingest, teams, args.rate, args.seconds, args.clients))
+        served.append(admission_buckets(base))
         skipped_before = skipped_runs(base)
 
         out: Any = multiprocessing.Queue()
         abuser = multiprocessing.Process(target=abuse_process, args=(
-            host, int(port), team_key, args.readers, args.slow, args.seconds + 10, out))
+            host, int(port), team_key, args.readers, args.slow, args.seconds + 10,
+            args.abuser_nice, out))
         abuser.start()
         time.sleep(8)  # the slow connections ramp up and the readers saturate first
+        serve, api = service_processes(int(port))
+        backends, background = postgres_processes("metering_bench_abuse")
+        groups = {"service": [p for p in [serve, *api] if p is not None],
+                  "database": backends + background,
+                  "abuser": [psutil.Process(abuser.pid)], "bench": [psutil.Process()]}
+        meters = {name: CpuMeter() for name in groups}
+        for name, processes in groups.items():
+            meters[name].used(processes)
+        phase_started = time.monotonic()
         loaded = asyncio.run(admissions_with_health(
             host, int(port), ingest, teams, args.rate, args.seconds, args.clients))
+        phase = time.monotonic() - phase_started
+        served.append(admission_buckets(base))
+        cpu = {name: meters[name].used(processes) for name, processes in groups.items()}
         abuser.join(60)
         results = dict(out.get() for _ in range(2))
         skipped_after = skipped_runs(base)
@@ -269,6 +318,9 @@ def main() -> None:
     print(f"admissions at {args.rate}/s for {args.seconds} s per phase, {args.clients} connections")
     print(f"admission p99: {calm_p99:.1f} ms without abuse, {loaded_p99:.1f} ms with abuse "
           f"({loaded_p99 / calm_p99:.2f} x); p50 {percentile(loaded[0], 0.5) * 1000:.1f} ms")
+    print(f"admission p99 as the service timed it (histogram bucket): "
+          f"{served_p99(served[0], served[1])} without abuse, "
+          f"{served_p99(served[1], served[2])} with abuse")
     print(f"admission errors: {errors_of(calm[1]) + errors_of(loaded[1])} "
           f"(answers without abuse {calm[1]}, with abuse {loaded[1]})")
     print(f"race team (19 of 20 running, kept alive): admitted "
@@ -279,6 +331,9 @@ def main() -> None:
     print(f"abusive reads ({args.readers} concurrent, one team key): {total_reads} answers "
           f"{dict(sorted(reads.items()))}; answered 429: "
           f"{100 * reads.get(429, 0) / max(total_reads, 1):.1f} %")
+    print(f"CPU during the abuse phase ({phase:.0f} s, {2 * phase:.0f} CPU-s on 2 cores): "
+          + ", ".join(f"{name} {used:.1f} s" for name, used in cpu.items())
+          + f" (abuser at nice {args.abuser_nice})")
     print(f"enforcement sweep runs skipped during the run: {sweep_skipped} "
           f"(all jobs: {skipped_after})")
     goals = (loaded_p99 <= 2 * calm_p99 and loaded_p99 <= 50

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,3 +143,51 @@ def now_utc() -> datetime:
 
 def log(*args: object) -> None:
     print(*args, file=sys.stderr, flush=True)
+
+
+def service_processes(port: int) -> tuple[psutil.Process | None, list[psutil.Process]]:
+    """`metering serve --port <port>` (it runs the scheduler's jobs) and its API processes."""
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "serve" in cmdline and "--port" in cmdline and str(port) in cmdline:
+            children = [c for c in process.children(recursive=True)
+                        if "multiprocessing.resource_tracker" not in " ".join(c.cmdline())]
+            return process, children
+    return None, []
+
+
+def postgres_processes(database: str) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """PostgreSQL backends serving `database`, and the server's background processes
+    (WAL writer, checkpointer, background writer: shared, but on a bench machine the soak
+    is what keeps them busy)."""
+    backends, background = [], []
+    for process in psutil.process_iter(["cmdline", "name"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if not cmdline.startswith("postgres:"):
+            continue
+        if f" {database} " in f"{cmdline} ":
+            backends.append(process)
+        elif any(w in cmdline for w in ("walwriter", "checkpointer", "background writer",
+                                        "autovacuum")):
+            background.append(process)
+    return backends, background
+
+
+class CpuMeter:
+    """CPU seconds used by a changing set of processes since the last reading (a process
+    that appeared counts from its start; one that vanished stops counting)."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, float] = {}
+
+    def used(self, processes: list[psutil.Process]) -> float:
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            now = times.user + times.system
+            total += max(now - self.last.get(process.pid, 0.0), 0.0)
+            self.last[process.pid] = now
+        return total
