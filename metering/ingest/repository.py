@@ -163,10 +163,23 @@ WITH drained AS (
     FROM drained d
     CROSS JOIN LATERAL unnest(d.execution_ids, d.newest) AS u(execution_id, newest)
     GROUP BY u.execution_id
+), seen AS (
+    -- Each execution read once (its row as of the statement's start): the write's candidates,
+    -- what is put back and what is reopened are all picked from here.
+    SELECT n.execution_id, n.newest, n.quiet, e.last_event_at, e.inferred_end_at
+    FROM n JOIN executions e USING (execution_id)
+), candidate AS (
+    SELECT execution_id, newest, quiet FROM seen
+    WHERE last_event_at < newest
+      AND (:exact OR quiet OR newest >= last_event_at + CAST(:step AS interval)
+           OR last_event_at <= CAST(:near_stale AS timestamptz))
 ), locked AS (
-    SELECT e.execution_id, n.newest FROM executions e JOIN n USING (execution_id)
-    WHERE e.last_event_at < n.newest
-      AND (:exact OR n.quiet OR n.newest >= e.last_event_at + CAST(:step AS interval)
+    -- Only the candidates are locked, and checked again on their newest row version: a
+    -- concurrent write only moves `last_event_at` forward, so it can drop a candidate, never
+    -- add one.
+    SELECT e.execution_id, c.newest FROM executions e JOIN candidate c USING (execution_id)
+    WHERE e.last_event_at < c.newest
+      AND (:exact OR c.quiet OR c.newest >= e.last_event_at + CAST(:step AS interval)
            OR e.last_event_at <= CAST(:near_stale AS timestamptz))
     ORDER BY e.execution_id
     FOR UPDATE OF e
@@ -175,17 +188,17 @@ WITH drained AS (
     FROM locked WHERE e.execution_id = locked.execution_id
     RETURNING e.execution_id
 ), carry AS (
-    SELECT n.execution_id, n.newest FROM n JOIN executions e USING (execution_id)
-    WHERE e.last_event_at < n.newest
-      AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.execution_id = n.execution_id)
+    SELECT s.execution_id, s.newest FROM seen s
+    WHERE s.last_event_at < s.newest
+      AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.execution_id = s.execution_id)
 ), put_back AS (
     INSERT INTO liveness_log (carried, execution_ids, newest)
     SELECT true, array_agg(execution_id ORDER BY execution_id),
            array_agg(newest ORDER BY execution_id)
     FROM carry HAVING count(*) > 0
 ), reopen AS (
-    SELECT n.execution_id, n.newest FROM n JOIN executions e USING (execution_id)
-    WHERE e.inferred_end_at IS NOT NULL AND n.newest > e.inferred_end_at
+    SELECT execution_id, newest FROM seen
+    WHERE inferred_end_at IS NOT NULL AND newest > inferred_end_at
 )
 SELECT (SELECT count(*) FROM drained), (SELECT count(*) FROM updated),
        (SELECT count(*) FROM carry),
