@@ -21,6 +21,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,9 @@ def _exit_with(parent: int) -> None:
 def _start(settings: Settings, database_url: str, nice: int,
            setup: Callable[[], None] | None) -> None:
     """A helper's start: lower its priority, then its clock, plug-ins and pool."""
+    # Ctrl-C in a terminal reaches the whole process group: the API process stops its
+    # helpers itself (and a helper outliving it exits by itself).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with(os.getppid())
     if nice:
         try:
