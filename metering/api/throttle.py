@@ -17,8 +17,10 @@ authenticated (`remember`), so a key this process has not yet seen authenticated
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -129,6 +131,25 @@ def _token(scope: Scope) -> str | None:
     return None
 
 
+SPREAD_S = 1.0  # the longest a refused read's answer is held
+
+
+async def _spread(klass: bulkhead.RouteClass, within: float) -> float:  # float-ok: seconds
+    """Hold a refused read's `429` for a random part of the wait it is told (at most 1 s),
+    and answer how long it was held (`Retry-After` counts the rest).
+
+    Clients that honour `Retry-After` to the second come back together: 300 of them refused
+    at once return as one wave every second, and each wave keeps the event loop, and the
+    admissions it serves, waiting while it is refused (`bench.abuse`). Answered at random
+    moments, they come back spread over the second. The client loses nothing: it could not
+    have been served sooner. The orchestrator's path is never held."""
+    if klass != "read" or within <= 0:
+        return 0.0
+    held = random.uniform(0.0, min(within, SPREAD_S))  # noqa: S311 (spreading, not secrecy)
+    await asyncio.sleep(held)
+    return held
+
+
 async def _answer(send: Send, status: int, code: str, message: str,
                   headers: list[tuple[bytes, bytes]]) -> None:
     body = orjson.dumps({"error": {"code": code, "message": message}})
@@ -172,6 +193,7 @@ class Throttle:
                 headers = _rate_headers(limit, bucket)
                 if bucket.tokens < 1:
                     wait = (1 - bucket.tokens) / limit.rate
+                    wait -= await _spread(klass, wait)
                     await _answer(send, 429, "rate_limited",
                                   f"this key may make {limit.rate:g} requests a second "
                                   f"(bursts of {max(limit.burst, 1)}); retry after "
@@ -180,6 +202,7 @@ class Throttle:
                                       *headers])
                     return
             if limit.concurrency and bucket.in_flight >= limit.concurrency:
+                await _spread(klass, 1.0)
                 await _answer(send, 429, "rate_limited",
                               f"this key may have {limit.concurrency} requests in flight "
                               "at once; retry after 1 s", [(b"retry-after", b"1"), *headers])

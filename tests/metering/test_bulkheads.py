@@ -290,3 +290,32 @@ def test_reads_with_long_answers_take_turns_and_short_ones_do_not_wait(
         app.state.engine.dispose()
         app.state.read_engine.dispose()
         throttle.forget_all()
+
+
+def test_a_refused_read_is_answered_within_its_wait_and_the_orchestrators_path_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused reads are answered at a random moment within the wait they are told (at most
+    a second), so clients honouring `Retry-After` do not come back as one wave; what they are
+    held is taken off `Retry-After`. An orchestrator request is never held."""
+    import asyncio
+    import random
+
+    held: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # float-ok: seconds
+        held.append(seconds)
+
+    monkeypatch.setattr(throttle.asyncio, "sleep", sleep)
+    draws: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:  # float-ok: seconds
+        draws.append((low, high))
+        return high
+
+    monkeypatch.setattr(random, "uniform", uniform)
+    assert asyncio.run(throttle._spread("read", 0.4)) == 0.4  # all of a short wait
+    assert asyncio.run(throttle._spread("read", 7.0)) == 1.0  # at most a second
+    assert asyncio.run(throttle._spread("orchestrator", 7.0)) == 0.0
+    assert asyncio.run(throttle._spread("read", 0.0)) == 0.0
+    assert draws == [(0.0, 0.4), (0.0, 1.0)] and held == [0.4, 1.0]
