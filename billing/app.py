@@ -40,8 +40,10 @@ from metering.config import Settings, configure_clock, get_settings
 from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
 from metering.enforcement import endpoints as enforcement_endpoints
 from metering.errors import (
+    AT_CAPACITY,
     CANCELLED_READ,
     QUERY_CANCELED,
+    STORAGE_DOWN,
     MeteringError,
     Overloaded,
     StorageUnavailable,
@@ -98,7 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def pool_exhausted(_: Request, exc: Exception) -> JSONResponse:
         # The database is fine; this process has no connection free for the request's class.
         log.warning("connection pool exhausted: %s", exc)
-        err = Overloaded("the service is at capacity; nothing was stored, retry after 1 s")
+        err = Overloaded(AT_CAPACITY)
         return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "1"})
 
     async def storage_down(_: Request, exc: Exception) -> JSONResponse:
@@ -106,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if sqlstate in ("40P01", "40001"):
             message = "the request met concurrent writes and was rolled back; retry it"
         else:
-            message = "storage is unavailable; nothing was stored, retry later"
+            message = STORAGE_DOWN
         log.warning("storage unavailable: %s %s", type(exc).__name__, sqlstate or "")
         err = StorageUnavailable(message)
         return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "1"})

@@ -69,6 +69,8 @@ class RateLimited(MeteringError):
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement past statement_timeout
 CANCELLED_READ = ("the read ran past its time limit and was cancelled; ask for a shorter "
                   "range or a coarser granularity, or retry later")
+STORAGE_DOWN = "storage is unavailable; nothing was stored, retry later"
+AT_CAPACITY = "the service is at capacity; nothing was stored, retry after 1 s"
 
 
 class Overloaded(MeteringError):

@@ -7,12 +7,13 @@ read at a time in a thread, against 7 to 12 ms without abuse). In a helper proce
 holds only its own interpreter, and at `long_read_nice` the kernel gives the API processes
 the CPU first: the read gets the time they leave.
 
-Each API process starts its helpers on its first long read (`long_read_concurrency` of them,
-one per long-read place) and stops them with the app. A helper has its own connection pool of
-one (the read pool's statement timeout), its own clock from the settings, and the plug-ins
-`setup` installs (prices from plans). A helper that dies is replaced and the read retried once;
-the key check and the team check stay in the API process, before the read is queued. A
-helper exits within a second of its API process, however that ended.
+Each API process has `long_read_concurrency` helpers (one per long-read place), started with
+it by `metering serve` (`start`) or else on its first long read, and stops them with the app.
+A helper has its own connection pool of one (the read pool's statement timeout), its own
+clock from the settings, and the plug-ins `setup` installs (prices from plans). A helper that
+dies is replaced and the read retried once; the key check and the team check stay in the API
+process, before the read is queued. A helper exits within a second of its API process,
+however that ended.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from metering.config import Settings, configure_clock
 from metering.db import make_engine, make_sessionmaker, transaction
-from metering.errors import CANCELLED_READ, QUERY_CANCELED, Overloaded, StorageUnavailable
+from metering.errors import (
+    AT_CAPACITY,
+    CANCELLED_READ,
+    QUERY_CANCELED,
+    STORAGE_DOWN,
+    Overloaded,
+    StorageUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +102,10 @@ def _run(work: Callable[..., T], *args: Any) -> T:
         if getattr(exc.orig, "sqlstate", None) == QUERY_CANCELED:
             raise Overloaded(CANCELLED_READ) from None
         if isinstance(exc, OperationalError) or exc.connection_invalidated:
-            raise StorageUnavailable(
-                "storage is unavailable; nothing was stored, retry later") from None
+            raise StorageUnavailable(STORAGE_DOWN) from None
         raise RuntimeError(f"long read failed: {type(exc).__name__}") from None
     except PoolTimeout:
-        raise Overloaded("the service is at capacity; retry later") from None
+        raise Overloaded(AT_CAPACITY) from None
 
 
 def _ready() -> None:
@@ -106,7 +113,7 @@ def _ready() -> None:
 
 
 class LongReads:
-    """One API process's helpers (started on first use)."""
+    """One API process's helpers (started by `start`, or on first use)."""
 
     def __init__(self, settings: Settings, database_url: str,
                  setup: Callable[[], None] | None = None) -> None:
