@@ -446,11 +446,13 @@ class WebhookReceiver:
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str,
-             interval: float = 0.05) -> float:
-    """Poll `condition` until true; answer the seconds it took, or fail naming `what`."""
+             interval: float = 0.05, explain: Callable[[], str] | None = None) -> float:
+    """Poll `condition` until true; answer the seconds it took, or fail naming `what` (and
+    what `explain` then says, so a rare failure in CI can be understood from its output)."""
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(interval)
     return time.monotonic() - started

@@ -350,7 +350,16 @@ def test_worker_killed_mid_stripe_sync_then_restarted_syncs_each_invoice_once(
     processes.append(second)
     second.start()
     resumed = time.monotonic()
-    wait_for(synced_or_stuck, 90, "every invoice synced")
+    def where_each_stands() -> str:
+        """The invoices not synced yet, Stripe's requests, and the second worker's output."""
+        pending = query(fault_database, """
+            SELECT id, status, stripe_status, sync_attempts, next_sync_at, sync_error
+            FROM invoices WHERE status NOT IN ('synced', 'paid') ORDER BY id""")
+        counts = double.requests()["counts"]
+        return (f"not synced: {pending}\nStripe requests: {counts}\n"
+                f"worker 2 said: {second.log.read_text(errors='replace')[-4000:]}")
+
+    wait_for(synced_or_stuck, 90, "every invoice synced", explain=where_each_stands)
     resume_s = time.monotonic() - resumed
     second.stop()
 
