@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -230,6 +231,9 @@ def wire_billing() -> None:
     plugins.install(plan_service.BILLING)
 
 
+SWITCH_INTERVAL_S = 0.0005  # float-ok: the API processes' interpreter switch interval
+
+
 def app_from_environment() -> FastAPI:
     """The app of one API process started by `metering serve` (already migrated)."""
     import os
@@ -244,4 +248,10 @@ def app_from_environment() -> FastAPI:
     # it out of the collector's full passes, which would otherwise walk it on every one.
     gc.collect()
     gc.freeze()
+    # The event loop (admissions, the kill-order feed) shares the interpreter lock with the
+    # threads that validate and store event batches; a thread holding it gives it up only
+    # every switch interval, and an admission waits for it at each step. Ten times as often
+    # as Python's default: admissions took 8.7 ms instead of 10.8 on average, timed by the
+    # service at 20,000 events/s, minute by minute alternately (docs/scaling.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return app
