@@ -201,7 +201,7 @@ def test_a_long_usage_series_costs_its_key_more_of_its_allowance(
             # read is answered part-way into its wait (at most 1 s) and `Retry-After` counts
             # the rest, so the client is sent back no sooner than its bucket allows.
             told = int(refused.headers["retry-after"])
-            assert told >= 1 and held <= 1.5
+            assert told >= 1 and held <= 2  # held at most 1 s, and a second of slack
             assert held + told >= 1.5
             assert refused.headers["ratelimit-remaining"] == "0"
 
