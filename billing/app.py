@@ -179,7 +179,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
                                         # the database dropped, instead of answering 503 once.
                                         pre_ping=True)
     app.state.read_sessions = make_sessionmaker(app.state.read_engine)
-    # Long series are built in helper processes (metering.api.long_reads), started on use.
+    # Long series are built in helper processes (metering.api.long_reads): started with the
+    # API process by `metering serve` (`app_from_environment`), else on first use.
     app.state.long_reads = (LongReads(settings, url, setup=wire_billing)
                             if settings.long_read_helpers else None)
     if migrate_on_start:
