@@ -38,18 +38,27 @@ from metering.api.long_reads import LongReads
 from metering.auth import endpoints as keys_endpoints
 from metering.auth.service import ensure_key
 from metering.config import Settings, configure_clock, get_settings
-from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
+from metering.db import (
+    RETRYABLE_SQLSTATES,
+    make_engine,
+    make_sessionmaker,
+    resolve_database_url,
+    transaction,
+)
 from metering.enforcement import endpoints as enforcement_endpoints
 from metering.errors import (
     AT_CAPACITY,
-    CANCELLED_READ,
+    CONCURRENT_WRITES,
     QUERY_CANCELED,
     STORAGE_DOWN,
+    UNSTORABLE_VALUE,
     MeteringError,
     Overloaded,
+    ReadCancelled,
     StorageUnavailable,
 )
 from metering.ingest import endpoints as ingest_endpoints
+from metering.ingest.endpoints import IngestHelpers
 from metering.usage import endpoints as usage_endpoints
 
 log = logging.getLogger(__name__)
@@ -72,7 +81,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MeteringError)
     async def metering_error(_: Request, exc: MeteringError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content=exc.body())
+        # Storage down or at capacity (here or in a helper process): when to come back.
+        headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+        return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -106,10 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def storage_down(_: Request, exc: Exception) -> JSONResponse:
         sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-        if sqlstate in ("40P01", "40001"):
-            message = "the request met concurrent writes and was rolled back; retry it"
-        else:
-            message = STORAGE_DOWN
+        message = CONCURRENT_WRITES if sqlstate in RETRYABLE_SQLSTATES else STORAGE_DOWN
         log.warning("storage unavailable: %s %s", type(exc).__name__, sqlstate or "")
         err = StorageUnavailable(message)
         return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "1"})
@@ -121,15 +129,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return await storage_down(request, exc)
         if getattr(getattr(exc, "orig", None), "sqlstate", None) == QUERY_CANCELED:
-            err = Overloaded(CANCELLED_READ)
+            err = ReadCancelled()
             return JSONResponse(status_code=503, content=err.body(),
-                                headers={"Retry-After": "5"})
+                                headers={"Retry-After": str(err.retry_after_s)})
         if isinstance(exc, DataError):
             # SQLSTATE class 22, or psycopg refusing a NUL byte in text: a value from the
             # request that PostgreSQL cannot store (integer/numeric out of range, NUL).
             log.info("refused a value the database cannot store: %s", exc.orig)
-            return _error(400, "invalid_request",
-                          "a value is out of range or contains a NUL (0x00) character")
+            return _error(400, "invalid_request", UNSTORABLE_VALUE)
         log.exception("database error")
         return _error(500, "internal", "internal error")
 
@@ -154,8 +161,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await db_async.close_pool(app.state)
-            if app.state.long_reads is not None:
-                app.state.long_reads.close()
+            for helpers in (app.state.long_reads, app.state.ingest_helpers):
+                if helpers is not None:
+                    helpers.close()
             app.state.engine.dispose()
             app.state.read_engine.dispose()
 
@@ -183,6 +191,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     # API process by `metering serve` (`app_from_environment`), else on first use.
     app.state.long_reads = (LongReads(settings, url, setup=wire_billing)
                             if settings.long_read_helpers else None)
+    # Event batches too, when `ingest_helpers` is set (metering.ingest.endpoints).
+    app.state.ingest_helpers = (IngestHelpers(settings, url, setup=wire_billing)
+                                if settings.ingest_helpers else None)
     if migrate_on_start:
         migrate.upgrade(engine)
     if settings.bootstrap_admin_key:
@@ -243,8 +254,9 @@ def app_from_environment() -> FastAPI:
     connections.raise_file_limit()
     url = os.environ.get("METERING_RESOLVED_DATABASE_URL")
     app = create_app(get_settings(), database_url=url, migrate_on_start=url is None)
-    if app.state.long_reads is not None:
-        app.state.long_reads.start()
+    for helpers in (app.state.long_reads, app.state.ingest_helpers):
+        if helpers is not None:
+            helpers.start()
     # Everything built so far (routes, models, templates) lives as long as the process: keep
     # it out of the collector's full passes, which would otherwise walk it on every one.
     gc.collect()

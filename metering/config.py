@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     read_pool_timeout_s: float = Field(default=2.0, gt=0)  # float-ok: wait for a connection
     read_statement_timeout_ms: int = Field(default=15_000, ge=100)
     orchestrator_threads: int = Field(default=32, ge=1)  # worker threads ingest alone uses
+    # Event batches are parsed, validated and stored in this many helper processes per API
+    # process, at this CPU priority (nice), so that the API process's interpreter lock and
+    # the CPU serve admissions first; 0 does it in the API process's worker threads.
+    ingest_helpers: int = Field(default=3, ge=0, le=64)
+    ingest_helper_nice: int = Field(default=10, ge=0, le=19)
     # Connections: slow or idle clients are closed; the process takes at most this many.
     header_timeout_s: float = Field(default=10.0, gt=0, le=60)  # float-ok: seconds
     body_timeout_s: float = Field(default=30.0, gt=0, le=60)  # float-ok: seconds

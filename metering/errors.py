@@ -10,6 +10,7 @@ class MeteringError(Exception):
 
     status_code = 400
     code = "bad_request"
+    retry_after_s: int | None = None  # sent as `Retry-After` when set
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -59,6 +60,14 @@ class InvalidSignature(Exception):
 class StorageUnavailable(MeteringError):
     status_code = 503
     code = "storage_unavailable"
+    retry_after_s = 1
+
+
+class InternalError(MeteringError):
+    """A failure of the service's own (logged where it happened): the body says no more."""
+
+    status_code = 500
+    code = "internal"
 
 
 class RateLimited(MeteringError):
@@ -71,6 +80,8 @@ CANCELLED_READ = ("the read ran past its time limit and was cancelled; ask for a
                   "range or a coarser granularity, or retry later")
 STORAGE_DOWN = "storage is unavailable; nothing was stored, retry later"
 AT_CAPACITY = "the service is at capacity; nothing was stored, retry after 1 s"
+CONCURRENT_WRITES = "the request met concurrent writes and was rolled back; retry it"
+UNSTORABLE_VALUE = "a value is out of range or contains a NUL (0x00) character"
 
 
 class Overloaded(MeteringError):
@@ -78,3 +89,13 @@ class Overloaded(MeteringError):
 
     status_code = 503
     code = "overloaded"
+    retry_after_s = 1
+
+
+class ReadCancelled(Overloaded):
+    """A read past its statement timeout: `overloaded`, with a longer wait."""
+
+    retry_after_s = 5
+
+    def __init__(self, message: str = CANCELLED_READ) -> None:
+        super().__init__(message)

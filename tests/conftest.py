@@ -30,6 +30,13 @@ from metering.db import make_engine, make_sessionmaker, transaction
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 
+# The tests' in-process apps store event batches in their own threads: a test moves the clock
+# in this process, which ingest helper processes would not see. The helpers' own tests ask
+# for them, and the fault tests' real servers run with the default (see tests/faults).
+INGEST_HELPERS_ENV = "METERING_INGEST_HELPERS"
+INGEST_HELPERS_SET_HERE = INGEST_HELPERS_ENV not in os.environ
+os.environ.setdefault(INGEST_HELPERS_ENV, "0")
+
 
 def _server_url() -> str:
     """The PostgreSQL server tests create their databases on: the configured one, else the

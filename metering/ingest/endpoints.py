@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import orjson
@@ -9,11 +10,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session, sessionmaker
 
-from metering.api import bulkhead
+from metering.api import bulkhead, helpers
 from metering.api.deps import authenticate, bearer
 from metering.api.errors import ErrorOut
+from metering.config import Settings
 from metering.core.clock import utc_now
 from metering.db import run_transaction
 from metering.errors import PayloadTooLarge, Unauthorized
@@ -82,10 +86,9 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def read_batch(request: Request) -> binding.Envelope:
+def parse_batch(headers: Mapping[str, str], body: bytes, limit: int) -> binding.Envelope:
     """The request's events in any CloudEvents HTTP mode (batched, structured, binary)."""
-    envelope = binding.parse(request.headers, await read_body(request))
-    limit = request.app.state.settings.max_batch_events
+    envelope = binding.parse(headers, body)
     if len(envelope.events) > limit:
         raise PayloadTooLarge(f"batch has {len(envelope.events)} events; the limit is {limit}")
     return envelope
@@ -95,10 +98,10 @@ BACKFILL_ROLES = frozenset({"finance", "admin"})
 ATTEMPTS = 3
 
 
-def _ingest(app_state: Any, token: str | None, batch: list[Any]) -> dict[str, Any]:
-    """The whole unit of work in one worker thread: key, ingest, commit (durable before the
-    answer). A transaction that lost a deadlock is run again whole."""
-    settings = app_state.settings
+def _ingest(settings: Settings, sessions: sessionmaker[Session], token: str,
+            batch: list[Any]) -> dict[str, Any]:
+    """The whole unit of work: key, ingest, commit (durable before the answer). A transaction
+    that lost a deadlock is run again whole."""
 
     def work(session: Session) -> service.IngestResult:
         principal = authenticate(session, token)
@@ -107,8 +110,38 @@ def _ingest(app_state: Any, token: str | None, batch: list[Any]) -> dict[str, An
         max_age = None if principal.role in BACKFILL_ROLES else settings.max_event_age_days
         return service.ingest(session, batch, utc_now(), settings.future_tolerance_s, max_age)
 
-    result = run_transaction(app_state.sessions, work, attempts=ATTEMPTS)
+    result = run_transaction(sessions, work, attempts=ATTEMPTS)
     return result.as_dict()
+
+
+def _ingest_in_helper(token: str, headers: dict[str, str], body: bytes
+                      ) -> tuple[dict[str, Any], bool]:
+    """In an ingest helper: the body parsed, validated and stored; the answer and whether the
+    request was a single event."""
+    settings, sessions = helpers.state()
+    envelope = parse_batch(headers, body, settings.max_batch_events)
+    try:
+        return _ingest(settings, sessions, token, envelope.events), envelope.single
+    except (DBAPIError, PoolTimeout) as exc:
+        raise helpers.api_error(exc) from None
+
+
+class IngestHelpers(helpers.Helpers):
+    """An API process's ingest helpers: they parse, validate and store event batches, so that
+    the API process's interpreter lock serves its event loop (admissions, the kill-order
+    feed) instead. One batch at a time each, on a connection of its own."""
+
+    def __init__(self, settings: Settings, database_url: str,
+                 setup: Callable[[], None] | None = None) -> None:
+        super().__init__("ingest", settings, database_url, workers=settings.ingest_helpers,
+                         nice=settings.ingest_helper_nice, setup=setup,
+                         pool=helpers.Pool(None, 5.0))
+
+
+def _binding_headers(request: Request) -> dict[str, str]:
+    """The headers the CloudEvents binding reads: the content type and the `ce-*` ones."""
+    return {name: value for name, value in request.headers.items()
+            if name == "content-type" or name.startswith("ce-")}
 
 
 @router.post(
@@ -142,8 +175,16 @@ async def post_events(
     """
     if credentials is None:
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")
-    envelope = await read_batch(request)
-    answer = await bulkhead.run_sync(request, _ingest, request.app.state,
-                                     credentials.credentials, envelope.events)
-    status = binding.single_status(answer) if envelope.single else 200
+    body = await read_body(request)
+    state = request.app.state
+    in_helpers: IngestHelpers | None = state.ingest_helpers
+    if in_helpers is not None:
+        answer, single = await in_helpers.call(_ingest_in_helper, credentials.credentials,
+                                               _binding_headers(request), body)
+    else:
+        envelope = parse_batch(request.headers, body, state.settings.max_batch_events)
+        answer = await bulkhead.run_sync(request, _ingest, state.settings, state.sessions,
+                                         credentials.credentials, envelope.events)
+        single = envelope.single
+    status = binding.single_status(answer) if single else 200
     return Response(orjson.dumps(answer), status_code=status, media_type="application/json")

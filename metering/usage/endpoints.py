@@ -55,7 +55,7 @@ async def get_usage(
             # The key and team checks here; the series in a helper process (one at a time).
             await in_worker(request, credentials, lambda _, p: team_reader(p, team_id))
             async with bulkhead.long_read(request):
-                body, points = await helpers.call(service.usage_json, team_id, lo, hi,
+                body, points = await helpers.read(service.usage_json, team_id, lo, hi,
                                                   granularity)
     else:
         body, points = await in_worker(request, credentials, work)

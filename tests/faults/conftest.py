@@ -37,13 +37,22 @@ from metering.enforcement.signing import (
     verify_signature,
 )
 from metering.errors import InvalidSignature
-from tests.conftest import SERVER_URL
+from tests.conftest import INGEST_HELPERS_ENV, INGEST_HELPERS_SET_HERE, SERVER_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults: kills processes and cuts connections (slow)")
+
+
+def service_environment() -> dict[str, str]:
+    """This environment for a real service process, with the service's default ingest
+    helpers (the tests' in-process apps turn them off, see tests/conftest.py)."""
+    env = dict(os.environ)
+    if INGEST_HELPERS_SET_HERE:
+        env.pop(INGEST_HELPERS_ENV, None)
+    return env
 
 
 def free_port() -> int:
@@ -93,7 +102,7 @@ class Service(ProcessGroup):
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_key = "mk_admin_" + secrets.token_urlsafe(24)
         self.workers = workers
-        self.env = {**os.environ, "DATABASE_URL": database_url,
+        self.env = {**service_environment(), "DATABASE_URL": database_url,
                     "METERING_BOOTSTRAP_ADMIN_KEY": self.admin_key,
                     "METERING_RUN_SCHEDULER": "true" if scheduler else "false",
                     "METERING_FOLD_INTERVAL_S": "1", "METERING_LOG_LEVEL": "ERROR",
@@ -259,7 +268,7 @@ class Worker(ProcessGroup):
 
     def __init__(self, database_url: str, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
-        self.env = {**os.environ, "DATABASE_URL": database_url,
+        self.env = {**service_environment(), "DATABASE_URL": database_url,
                     "METERING_LOG_LEVEL": "ERROR", "METERING_FOLD_INTERVAL_S": "1",
                     **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None

@@ -79,7 +79,7 @@ def test_a_long_series_is_built_in_a_helper_at_a_lower_priority_with_the_same_an
     with TestClient(helpers) as client:
         in_helper = client.get("/v1/teams/team_1/usage", params=YEAR, headers=Keys.auth(finance))
         long_reads: LongReads = helpers.state.long_reads
-        pid, niceness, answer = asyncio.run(long_reads.call(helper_facts))
+        pid, niceness, answer = asyncio.run(long_reads.read(helper_facts))
     assert in_helper.status_code == in_threads.status_code == 200
     assert in_helper.content == in_threads.content
     used = [p for p in in_helper.json()["series"] if p["vcpu_seconds"] != "0"]
@@ -99,12 +99,12 @@ def test_a_helper_that_dies_is_replaced_and_the_next_long_read_answers(
     with TestClient(helpers) as client:
         first = client.get("/v1/teams/team_1/usage", params=YEAR, headers=Keys.auth(finance))
         assert first.status_code == 200
-        pid, _, _ = asyncio.run(long_reads.call(helper_facts))
+        pid, _, _ = asyncio.run(long_reads.read(helper_facts))
         os.kill(pid, signal.SIGKILL)
         again = client.get("/v1/teams/team_1/usage", params=YEAR, headers=Keys.auth(finance))
         assert again.status_code == 200, again.text
         assert again.content == first.content
-        replacement, _, _ = asyncio.run(long_reads.call(helper_facts))
+        replacement, _, _ = asyncio.run(long_reads.read(helper_facts))
     assert replacement != pid
 
 
@@ -113,9 +113,9 @@ def test_a_helper_read_past_its_time_limit_is_overloaded(database_url: str) -> N
     long_reads: LongReads = app.state.long_reads
     try:
         with pytest.raises(Overloaded, match="ran past its time limit"):
-            asyncio.run(long_reads.call(sleeper))
+            asyncio.run(long_reads.read(sleeper))
         # The helper is still there for the next read.
-        assert asyncio.run(long_reads.call(helper_facts))[2] == 1
+        assert asyncio.run(long_reads.read(helper_facts))[2] == 1
     finally:
         long_reads.close()
         app.state.engine.dispose()
@@ -142,7 +142,7 @@ def test_a_helper_exits_when_its_api_process_is_killed(database_url: str) -> Non
         "from metering.config import Settings\n"
         "from tests.metering.test_long_reads import helper_facts\n"
         "reads = LongReads(Settings(database_url=None, run_scheduler=False), sys.argv[1])\n"
-        "print(asyncio.run(reads.call(helper_facts))[0], flush=True)\n"
+        "print(asyncio.run(reads.read(helper_facts))[0], flush=True)\n"
         "os.kill(os.getpid(), 9)\n")
     run = subprocess.run([sys.executable, "-c", script, database_url], capture_output=True,
                          text=True, timeout=60, cwd=str(Path(__file__).parents[2]))
