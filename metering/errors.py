@@ -20,6 +20,10 @@ class MeteringError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.details}}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Whole across a process boundary (from a helper process), details included.
+        return type(self), (self.message,), {"details": self.details}
+
 
 class BadRequest(MeteringError):
     status_code = 400

@@ -3,7 +3,9 @@
 Requests fall in three classes by path (`route_class`):
 - `orchestrator`: `POST /v1/events`, `POST /v1/admissions`, the kill-order feed. Its own
   connection pool (`app.state.sessions`, plus the admissions event-loop pool) and its own worker
-  threads (`run_sync`, a limiter of `orchestrator_threads`); it is never refused for load;
+  threads (`run_sync`, a limiter of `orchestrator_threads`); event batches are stored by the
+  API process's ingest helper processes when it has them (`metering.api.helpers`); it is
+  never refused for load;
 - `health`: `/healthz`, `/readyz`, `/metrics`: answered on the event loop or from their own
   connections, never queued behind anything;
 - `read`: everything else (dashboard, usage, finance). Its own connection pool

@@ -51,6 +51,7 @@ from metering.errors import (
     ReadCancelled,
     StorageUnavailable,
 )
+from metering.observability import configure_json_logging
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def _start(kind: str, settings: Settings, database_url: str, nice: int, pool: Po
             os.nice(nice)
         except OSError:  # not allowed here: run at the API process's priority
             log.warning("%s helper could not lower its CPU priority", kind)
+    configure_json_logging(settings.log_level)
     configure_clock(settings)
     if setup is not None:
         setup()

@@ -24,7 +24,7 @@ from billing.app import create_app
 from metering.api import helpers, throttle
 from metering.config import Settings
 from metering.db import make_engine, transaction
-from metering.errors import BadRequest, ReadCancelled, StorageUnavailable
+from metering.errors import BadRequest, Conflict, ReadCancelled, StorageUnavailable
 from metering.ingest.endpoints import IngestHelpers
 from tests.conftest import Keys, event
 from tests.metering.test_bulkheads import new_key
@@ -214,7 +214,7 @@ def test_database_failures_in_a_helper_answer_as_the_api_does(database_url: str)
     # Each crosses the process boundary whole.
     import pickle
 
-    for error in (cancelled, unstorable, down):
+    for error in (cancelled, unstorable, down, Conflict("taken", resource="key_1")):
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and copy.body() == error.body()
 
