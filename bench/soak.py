@@ -515,6 +515,13 @@ def main() -> None:
     warmup = args.warmup if args.warmup is not None else min(5.0, max(1.0, minutes / 3))
 
     url = fresh_database(DATABASE)
+    with psycopg.connect(url) as conn:
+        autovacuum = conn.execute("SHOW autovacuum").fetchone()
+    if autovacuum is None or autovacuum[0] != "on":
+        # Without it nothing analyses the tables the service does not vacuum itself: their
+        # plans go stale as they grow and the run measures the server, not the service.
+        log("WARNING: this PostgreSQL runs without autovacuum; a long soak here slows down "
+            "minute by minute for that alone (docs/scaling.md)")
     # Pending samples use minute slices only from a minute past the farthest future an event
     # may carry; the soak's events are never ahead of now, so a small tolerance lets the
     # slices start a minute after the service does (with the default, 300 s, six), and the
