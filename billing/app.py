@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,30 +33,14 @@ from billing.stripe_sync.webhooks import router as stripe_router
 from metering import db_async, migrate, observability, plugins
 from metering.admissions import endpoints as admission_endpoints
 from metering.api import connections, throttle
-from metering.api.errors import ERROR_RESPONSES, error_response
+from metering.api.errors import ERROR_RESPONSES, api_error, error_response
 from metering.api.long_reads import LongReads
 from metering.auth import endpoints as keys_endpoints
 from metering.auth.service import ensure_key
 from metering.config import Settings, configure_clock, get_settings
-from metering.db import (
-    RETRYABLE_SQLSTATES,
-    make_engine,
-    make_sessionmaker,
-    resolve_database_url,
-    transaction,
-)
+from metering.db import make_engine, make_sessionmaker, resolve_database_url, transaction
 from metering.enforcement import endpoints as enforcement_endpoints
-from metering.errors import (
-    AT_CAPACITY,
-    CONCURRENT_WRITES,
-    QUERY_CANCELED,
-    STORAGE_DOWN,
-    UNSTORABLE_VALUE,
-    MeteringError,
-    Overloaded,
-    ReadCancelled,
-    StorageUnavailable,
-)
+from metering.errors import MeteringError
 from metering.ingest import endpoints as ingest_endpoints
 from metering.ingest.endpoints import IngestHelpers
 from metering.usage import endpoints as usage_endpoints
@@ -78,12 +62,16 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str
     return text_, problems
 
 
+def metering_response(exc: MeteringError) -> JSONResponse:
+    # Storage down or at capacity (here or in a helper process): when to come back.
+    headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+    return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MeteringError)
     async def metering_error(_: Request, exc: MeteringError) -> JSONResponse:
-        # Storage down or at capacity (here or in a helper process): when to come back.
-        headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
-        return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=headers)
+        return metering_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -109,38 +97,12 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers.update(exc.headers)
         return response
 
-    async def pool_exhausted(_: Request, exc: Exception) -> JSONResponse:
-        # The database is fine; this process has no connection free for the request's class.
-        log.warning("connection pool exhausted: %s", exc)
-        err = Overloaded(AT_CAPACITY)
-        return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "1"})
+    async def database_failure(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DBAPIError | PoolTimeout)
+        return metering_response(api_error(exc))
 
-    async def storage_down(_: Request, exc: Exception) -> JSONResponse:
-        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-        message = CONCURRENT_WRITES if sqlstate in RETRYABLE_SQLSTATES else STORAGE_DOWN
-        log.warning("storage unavailable: %s %s", type(exc).__name__, sqlstate or "")
-        err = StorageUnavailable(message)
-        return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "1"})
-
-    app.add_exception_handler(OperationalError, storage_down)
-    app.add_exception_handler(PoolTimeout, pool_exhausted)
-
-    async def db_error(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return await storage_down(request, exc)
-        if getattr(getattr(exc, "orig", None), "sqlstate", None) == QUERY_CANCELED:
-            err = ReadCancelled()
-            return JSONResponse(status_code=503, content=err.body(),
-                                headers={"Retry-After": str(err.retry_after_s)})
-        if isinstance(exc, DataError):
-            # SQLSTATE class 22, or psycopg refusing a NUL byte in text: a value from the
-            # request that PostgreSQL cannot store (integer/numeric out of range, NUL).
-            log.info("refused a value the database cannot store: %s", exc.orig)
-            return _error(400, "invalid_request", UNSTORABLE_VALUE)
-        log.exception("database error")
-        return _error(500, "internal", "internal error")
-
-    app.add_exception_handler(DBAPIError, db_error)
+    app.add_exception_handler(DBAPIError, database_failure)
+    app.add_exception_handler(PoolTimeout, database_failure)
 
 
 def create_app(settings: Settings | None = None, database_url: str | None = None,

@@ -1,10 +1,31 @@
-"""The error body every endpoint answers, for the OpenAPI document: `{"error": {...}}`."""
+"""The error body every endpoint answers, for the OpenAPI document: `{"error": {...}}`; and
+what the API answers for a database failure, wherever it happened (`api_error`)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from metering.db import RETRYABLE_SQLSTATES
+from metering.errors import (
+    AT_CAPACITY,
+    CONCURRENT_WRITES,
+    QUERY_CANCELED,
+    STORAGE_DOWN,
+    UNSTORABLE_VALUE,
+    BadRequest,
+    InternalError,
+    MeteringError,
+    Overloaded,
+    ReadCancelled,
+    StorageUnavailable,
+)
+
+log = logging.getLogger(__name__)
 
 
 class ErrorDetail(BaseModel):
@@ -39,3 +60,28 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: error_response("`storage_unavailable` (nothing was stored) or `overloaded` (the "
                         "service is at capacity): retry after `Retry-After`"),
 }
+
+
+def api_error(exc: DBAPIError | PoolTimeout) -> MeteringError:
+    """What the API answers for a database failure: in the API process (its exception
+    handler) or in a helper process (which sends this back instead of the driver's exception
+    and the statement's parameters)."""
+    if isinstance(exc, PoolTimeout):
+        # The database is fine; this process has no connection free for the request's class.
+        log.warning("connection pool exhausted: %s", exc)
+        return Overloaded(AT_CAPACITY)
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate == QUERY_CANCELED:
+        return ReadCancelled()
+    if sqlstate in RETRYABLE_SQLSTATES or isinstance(exc, OperationalError) or (
+            exc.connection_invalidated):
+        log.warning("storage unavailable: %s %s", type(exc).__name__, sqlstate or "")
+        return StorageUnavailable(
+            CONCURRENT_WRITES if sqlstate in RETRYABLE_SQLSTATES else STORAGE_DOWN)
+    if isinstance(exc, DataError):
+        # SQLSTATE class 22, or psycopg refusing a NUL byte in text: a value from the
+        # request that PostgreSQL cannot store (integer/numeric out of range, NUL).
+        log.info("refused a value the database cannot store: %s", exc.orig)
+        return BadRequest(UNSTORABLE_VALUE)
+    log.error("database error", exc_info=exc)
+    return InternalError("internal error")

@@ -12,9 +12,9 @@ its own connection pool of one, its own clock from the settings, and the plug-in
 installs. A helper that dies is replaced and the call made once more. A helper exits within a
 second of its API process, however that ended.
 
-Database failures cross back as the API's own errors (`api_error`): what a request in the
-API process would have answered, without shipping the driver's exception (and the statement's
-parameters) across the process boundary.
+Database failures cross back as the API's own errors (`metering.api.errors.api_error`): what
+a request in the API process would have answered, without shipping the driver's exception (and
+the statement's parameters) across the process boundary.
 """
 
 from __future__ import annotations
@@ -32,25 +32,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from metering.config import Settings, configure_clock
-from metering.db import RETRYABLE_SQLSTATES, make_engine, make_sessionmaker
-from metering.errors import (
-    AT_CAPACITY,
-    CONCURRENT_WRITES,
-    QUERY_CANCELED,
-    STORAGE_DOWN,
-    UNSTORABLE_VALUE,
-    BadRequest,
-    InternalError,
-    MeteringError,
-    Overloaded,
-    ReadCancelled,
-    StorageUnavailable,
-)
+from metering.db import make_engine, make_sessionmaker
+from metering.errors import Overloaded
 from metering.observability import configure_json_logging
 
 log = logging.getLogger(__name__)
@@ -79,23 +65,6 @@ def state() -> tuple[Settings, sessionmaker[Session]]:
     settings, sessions = _State.settings, _State.sessions
     assert settings is not None and sessions is not None, "helper not started"
     return settings, sessions
-
-
-def api_error(exc: DBAPIError | PoolTimeout) -> MeteringError:
-    """What the API answers for a database failure (as `billing.app`'s handlers do)."""
-    if isinstance(exc, PoolTimeout):
-        return Overloaded(AT_CAPACITY)
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if sqlstate == QUERY_CANCELED:
-        return ReadCancelled()
-    if sqlstate in RETRYABLE_SQLSTATES:
-        return StorageUnavailable(CONCURRENT_WRITES)
-    if isinstance(exc, OperationalError) or exc.connection_invalidated:
-        return StorageUnavailable(STORAGE_DOWN)
-    if isinstance(exc, DataError):
-        return BadRequest(UNSTORABLE_VALUE)
-    log.error("database error in a helper: %s", type(exc).__name__)
-    return InternalError("internal error")
 
 
 def _exit_with(parent: int) -> None:

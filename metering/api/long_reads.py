@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from metering.api import helpers
+from metering.api.errors import api_error
 from metering.config import Settings
 from metering.db import transaction
 
@@ -35,7 +36,7 @@ def _run(work: Callable[..., T], *args: Any) -> T:
         with transaction(sessions) as session:
             return work(session, settings, *args)
     except (DBAPIError, PoolTimeout) as exc:
-        raise helpers.api_error(exc) from None
+        raise api_error(exc) from None
 
 
 class LongReads(helpers.Helpers):

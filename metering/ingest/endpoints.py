@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from metering.api import bulkhead, helpers
 from metering.api.deps import authenticate, bearer
-from metering.api.errors import ErrorOut
+from metering.api.errors import ErrorOut, api_error
 from metering.config import Settings
 from metering.core.clock import utc_now
 from metering.db import run_transaction
@@ -123,7 +123,7 @@ def _ingest_in_helper(token: str, headers: dict[str, str], body: bytes
     try:
         return _ingest(settings, sessions, token, envelope.events), envelope.single
     except (DBAPIError, PoolTimeout) as exc:
-        raise helpers.api_error(exc) from None
+        raise api_error(exc) from None
 
 
 class IngestHelpers(helpers.Helpers):

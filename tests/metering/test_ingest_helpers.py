@@ -21,7 +21,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.app import create_app
-from metering.api import helpers, throttle
+from metering.api import throttle
+from metering.api.errors import api_error
 from metering.config import Settings
 from metering.db import make_engine, transaction
 from metering.errors import BadRequest, Conflict, ReadCancelled, StorageUnavailable
@@ -201,15 +202,15 @@ def database_error(database_url: str, statement: str, timeout_ms: int | None = N
 
 
 def test_database_failures_in_a_helper_answer_as_the_api_does(database_url: str) -> None:
-    cancelled = helpers.api_error(database_error(database_url, "SELECT pg_sleep(1)", 50))
+    cancelled = api_error(database_error(database_url, "SELECT pg_sleep(1)", 50))
     assert isinstance(cancelled, ReadCancelled) and cancelled.retry_after_s == 5
-    unstorable = helpers.api_error(database_error(database_url, "SELECT int4 '3000000000'"))
+    unstorable = api_error(database_error(database_url, "SELECT int4 '3000000000'"))
     assert isinstance(unstorable, BadRequest)
     assert "out of range" in unstorable.message
     from urllib.parse import urlsplit, urlunsplit
 
     nowhere = urlunsplit(urlsplit(database_url)._replace(netloc="postgres@127.0.0.1:9"))
-    down = helpers.api_error(database_error(nowhere, "SELECT 1"))
+    down = api_error(database_error(nowhere, "SELECT 1"))
     assert isinstance(down, StorageUnavailable) and down.retry_after_s == 1
     # Each crosses the process boundary whole.
     import pickle
@@ -217,6 +218,29 @@ def test_database_failures_in_a_helper_answer_as_the_api_does(database_url: str)
     for error in (cancelled, unstorable, down, Conflict("taken", resource="key_1")):
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and copy.body() == error.body()
+
+
+def test_the_api_process_answers_database_failures_the_same_way(database_url: str) -> None:
+    """A statement past its time limit in the API process's own thread: `503 overloaded`
+    with `Retry-After: 5`, as from a helper (psycopg raises it as an operational error)."""
+    app = make_app(database_url)
+    engine = make_engine(database_url, pool_size=1, statement_timeout_ms=50)
+
+    @app.get("/test/slow")
+    def slow() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_sleep(1)"))
+
+    try:
+        with TestClient(app) as client:
+            response = client.get("/test/slow")
+    finally:
+        engine.dispose()
+        app.state.engine.dispose()
+        app.state.read_engine.dispose()
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "overloaded"
+    assert response.headers["Retry-After"] == "5"
 
 
 def test_ingest_helpers_are_stopped_with_the_app(database_url: str) -> None:
