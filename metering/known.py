@@ -3,6 +3,13 @@
 Rows of these tables are never deleted while the process runs, so once a commit made them
 exist, ingest need not ask again: it checks dozens of ids per batch, tens of times a second.
 Ids are remembered only after the transaction that ensured them commits.
+
+The memory is bounded and keeps what is in use: it holds two generations of at most
+`generation` ids each; an id found in the older one moves to the newer, and when the newer
+is full the older is dropped whole. Ids still in use (a running sandbox's execution, sending
+samples every second) are always moved forward, so only ids nobody asked about for a whole
+generation are forgotten, and forgetting one costs only a question to the database. A
+process's memory therefore stays flat however long it runs, at the size of what is running.
 """
 
 from __future__ import annotations
@@ -13,14 +20,47 @@ from collections.abc import Iterable
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+# Large enough for every running execution a process sees at once (20,000 sandboxes at the
+# goal load), small enough that two generations of them cost a few MiB per process.
+GENERATION = 32_768
+
+
+class _Generations:
+    """id -> value, bounded to two generations (see the module's docstring)."""
+
+    def __init__(self, generation: int) -> None:
+        self._new: dict[str, str] = {}
+        self._old: dict[str, str] = {}
+        self._generation = generation
+
+    def get(self, key: str) -> str | None:
+        value = self._new.get(key)
+        if value is None:
+            value = self._old.pop(key, None)
+            if value is not None:
+                self.put(key, value)
+        return value
+
+    def put(self, key: str, value: str) -> None:
+        if key not in self._new and len(self._new) >= self._generation:
+            self._old = self._new
+            self._new = {}
+        self._new[key] = value
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
+
+    def clear(self) -> None:
+        self._new = {}
+        self._old = {}
+
 
 class KnownIds:
-    def __init__(self, limit: int = 500_000) -> None:
-        self._known: set[str] = set()
-        self._limit = limit
+    def __init__(self, generation: int = GENERATION) -> None:
+        self._known = _Generations(generation)
 
     def unknown(self, ids: Iterable[str]) -> list[str]:
-        return sorted({i for i in ids if i not in self._known})
+        return sorted({i for i in ids if self._known.get(i) is None})
 
     def remember_after_commit(self, session: Session, ids: Iterable[str]) -> None:
         pending = set(ids)
@@ -29,9 +69,11 @@ class KnownIds:
 
         @event.listens_for(session, "after_commit", once=True)
         def remember(_: Session) -> None:
-            if len(self._known) > self._limit:
-                self._known.clear()
-            self._known.update(pending)
+            for i in pending:
+                self._known.put(i, i)
+
+    def __len__(self) -> int:
+        return len(self._known)
 
     def clear(self) -> None:
         self._known.clear()
@@ -41,9 +83,8 @@ class KnownOwners:
     """Execution id -> the team it belongs to, for ids whose row is committed. An execution's
     team never changes, so the memory never goes stale."""
 
-    def __init__(self, limit: int = 500_000) -> None:
-        self._owner: dict[str, str] = {}
-        self._limit = limit
+    def __init__(self, generation: int = GENERATION) -> None:
+        self._owner = _Generations(generation)
 
     def owner(self, execution_id: str) -> str | None:
         return self._owner.get(execution_id)
@@ -55,9 +96,11 @@ class KnownOwners:
 
         @event.listens_for(session, "after_commit", once=True)
         def remember(_: Session) -> None:
-            if len(self._owner) > self._limit:
-                self._owner.clear()
-            self._owner.update(pending)
+            for execution_id, team_id in pending.items():
+                self._owner.put(execution_id, team_id)
+
+    def __len__(self) -> int:
+        return len(self._owner)
 
     def clear(self) -> None:
         self._owner.clear()

@@ -1,0 +1,83 @@
+"""The process's memory of known executions is bounded and never changes an answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from metering import known
+from tests.conftest import Keys, event
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+T0 = NOW - timedelta(hours=1)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+def small_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(known, "executions", known.KnownIds(generation=4))
+    monkeypatch.setattr(known, "execution_owners", known.KnownOwners(generation=4))
+    yield
+
+
+def post(client: TestClient, key: str, batch: list[dict[str, object]]) -> dict[str, object]:
+    response = client.post("/v1/events", content=orjson.dumps(batch),
+                           headers={**Keys.auth(key), "content-type": "application/cloudevents-batch+json"})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_memory_holds_two_generations_and_keeps_ids_in_use() -> None:
+    remembered = known.KnownOwners(generation=4)
+    for n in range(50):  # the same memory a committed ingest fills
+        remembered._owner.put(f"exe_{n}", "team_1")
+        assert len(remembered) <= 8
+    assert remembered.owner("exe_49") == "team_1" and remembered.owner("exe_0") is None
+    # An id asked about moves forward and survives rotations that drop its generation.
+    kept = known.KnownOwners(generation=4)
+    kept._owner.put("exe_hot", "team_1")
+    for n in range(40):
+        kept._owner.put(f"exe_{n}", "team_1")
+        assert kept.owner("exe_hot") == "team_1"
+    assert len(kept) <= 8
+
+
+def test_forgotten_executions_still_keep_their_team(
+    client: TestClient, api_keys: Keys, small_memory: None
+) -> None:
+    # Twenty executions for team_1: more than two generations of the memory, so the first
+    # ones are forgotten by the process (they remain in the database).
+    for n in range(20):
+        body = post(client, api_keys.ingest, [event(
+            "created", execution=f"exe_{n}", sandbox=f"sbx_{n}", time=iso(T0),
+            vcpu=1, memory_mib=512)])
+        assert body["accepted"] == 1
+    assert len(known.execution_owners) <= 8
+    assert known.execution_owners.owner("exe_0") is None
+    # A forgotten execution is still team_1's: another team naming it is refused...
+    body = post(client, api_keys.ingest, [event(
+        "host_stats", execution="exe_0", sandbox="sbx_0", team="team_2",
+        time=iso(T0 + timedelta(seconds=1)), cpu_pct=5)])
+    assert body["rejected"] == 1 and body["errors"][0]["code"] == "conflict"  # type: ignore[index]
+    # ...and its own team's events are stored, once.
+    sample = event("host_stats", execution="exe_0", sandbox="sbx_0",
+                   time=iso(T0 + timedelta(seconds=1)), cpu_pct=5)
+    assert post(client, api_keys.ingest, [sample])["accepted"] == 1
+    assert post(client, api_keys.ingest, [sample])["duplicates"] == 1
+    killed = event("killed", execution="exe_1", sandbox="sbx_1", time=iso(T0 + timedelta(minutes=1)),
+                   reason="request")
+    assert post(client, api_keys.ingest, [killed])["accepted"] == 1
+    page = client.get("/v1/teams/team_1/sandboxes?limit=100", headers=Keys.auth(api_keys.admin))
+    assert page.status_code == 200, page.text
+    rows = {row["execution_id"]: row for row in page.json()["data"]}
+    assert len(rows) == 20
+    assert rows["exe_1"]["state"] == "ended" and rows["exe_1"]["end_kind"] == "killed"
+    other = client.get("/v1/teams/team_2/sandboxes", headers=Keys.auth(api_keys.admin))
+    assert other.status_code == 200 and other.json()["data"] == []
