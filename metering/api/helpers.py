@@ -79,6 +79,28 @@ def _exit_with(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _lower_priority(kind: str, nice: int) -> None:
+    """Run at `nice`, and in a scheduling group of its own at that nice.
+
+    Where the kernel groups processes by session for scheduling (autogroup, on by default in
+    most distributions), a process's nice value only ranks it within its session: the API
+    processes and their helpers would share one group's CPU, weighed as one against every
+    PostgreSQL backend (each its own session). A helper therefore starts a session of its own
+    and gives that group its nice, so that the kernel ranks it below the API processes and
+    the database alike."""
+    try:
+        os.nice(nice)
+    except OSError:  # not allowed here: run at the API process's priority
+        log.warning("%s helper could not lower its CPU priority", kind)
+        return
+    try:
+        os.setsid()
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(nice))
+    except OSError:  # no autogroup here (disabled, another kernel): the nice value suffices
+        pass
+
+
 def _start(kind: str, settings: Settings, database_url: str, nice: int, pool: Pool,
            setup: Callable[[], None] | None) -> None:
     """A helper's start: lower its priority, then its clock, plug-ins and pool."""
@@ -87,10 +109,7 @@ def _start(kind: str, settings: Settings, database_url: str, nice: int, pool: Po
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with(os.getppid())
     if nice:
-        try:
-            os.nice(nice)
-        except OSError:  # not allowed here: run at the API process's priority
-            log.warning("%s helper could not lower its CPU priority", kind)
+        _lower_priority(kind, nice)
     configure_json_logging(settings.log_level)
     configure_clock(settings)
     if setup is not None:
