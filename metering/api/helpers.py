@@ -89,14 +89,14 @@ def _lower_priority(kind: str, nice: int) -> None:
     and gives that group its nice, so that the kernel ranks it below the API processes and
     the database alike."""
     try:
-        os.nice(nice)
+        niceness = os.nice(nice)
     except OSError:  # not allowed here: run at the API process's priority
         log.warning("%s helper could not lower its CPU priority", kind)
         return
     try:
         os.setsid()
         with open("/proc/self/autogroup", "w") as group:
-            group.write(str(nice))
+            group.write(str(niceness))
     except OSError:  # no autogroup here (disabled, another kernel): the nice value suffices
         pass
 

@@ -112,6 +112,16 @@ def same_shape(found: list[tuple[int, Any]], team: str) -> list[tuple[int, Any]]
             for status, body in found]
 
 
+def scheduling_group(pid: int) -> str | None:
+    """A process's session group and its nice where the kernel has them (autogroup):
+    "nice N", or None."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as group:
+            return " ".join(group.read().split()[-2:])
+    except OSError:
+        return None
+
+
 def test_batches_in_helpers_get_the_same_answers_as_in_threads(
     apps: tuple[FastAPI, FastAPI], sessions: sessionmaker[Session],
 ) -> None:
@@ -126,6 +136,8 @@ def test_batches_in_helpers_get_the_same_answers_as_in_threads(
         wrong_role = client.post("/v1/events", json=[], headers=Keys.auth(team_key))
         pids = in_helpers.state.ingest_helpers.pids()
         niceness = {os.getpriority(os.PRIO_PROCESS, pid) for pid in pids}
+        sessions_of = {pid: os.getsid(pid) for pid in pids}
+        groups = {pid: scheduling_group(pid) for pid in pids}
     assert [status for status, _ in found] == [200, 200, 409, 200, 400, 413, 400, 400]
     assert found[0][1]["accepted"] == 2 and found[0][1]["duplicates"] == 1
     assert found[0][1]["errors"][0]["index"] == 2
@@ -136,6 +148,11 @@ def test_batches_in_helpers_get_the_same_answers_as_in_threads(
     # by the threads: 90 s of 2 vCPU and 1 GiB each.
     assert pids and os.getpid() not in pids
     assert niceness == {min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)}
+    # Each in a session, so a scheduling group, of its own at that nice: ranked below the API
+    # process by the kernel even where it shares CPU between sessions first.
+    assert sessions_of == {pid: pid for pid in pids}
+    if any(group is not None for group in groups.values()):
+        assert {group for group in groups.values()} == {f"nice {niceness.pop()}"}
     with transaction(sessions) as session:
         stored = dict(session.execute(text(
             "SELECT team_id, count(*) FROM lifecycle_events GROUP BY 1")).all())
