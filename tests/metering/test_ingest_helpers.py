@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -135,6 +136,14 @@ def test_batches_in_helpers_get_the_same_answers_as_in_threads(
         _, team_key = new_key(sessions, "team", "team_helpers")
         wrong_role = client.post("/v1/events", json=[], headers=Keys.auth(team_key))
         pids = in_helpers.state.ingest_helpers.pids()
+        # A helper spawned for this app may still be importing (before its start lowers its
+        # priority) when the answers come from the other one.
+        wanted = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(
+                os.getpriority(os.PRIO_PROCESS, pid) != wanted or os.getsid(pid) != pid
+                or scheduling_group(pid) not in (None, f"nice {wanted}") for pid in pids):
+            time.sleep(0.1)
         niceness = {os.getpriority(os.PRIO_PROCESS, pid) for pid in pids}
         sessions_of = {pid: os.getsid(pid) for pid in pids}
         groups = {pid: scheduling_group(pid) for pid in pids}
@@ -147,7 +156,7 @@ def test_batches_in_helpers_get_the_same_answers_as_in_threads(
     # Stored by the helpers (other processes, at their own priority), and the same as stored
     # by the threads: 90 s of 2 vCPU and 1 GiB each.
     assert pids and os.getpid() not in pids
-    assert niceness == {min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)}
+    assert niceness == {wanted}
     # Each in a session, so a scheduling group, of its own at that nice: ranked below the API
     # process by the kernel even where it shares CPU between sessions first.
     assert sessions_of == {pid: pid for pid in pids}
