@@ -44,6 +44,8 @@ class _Generations:
         return value
 
     def put(self, key: str, value: str) -> None:
+        # Held once: an id remembered again (another batch ensured it too) leaves the older.
+        self._old.pop(key, None)
         if key not in self._new and len(self._new) >= self._generation:
             self._old = self._new
             self._new = {}
