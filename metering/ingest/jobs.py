@@ -143,15 +143,17 @@ def _fold_batch(
     partition are a process-wide memory, and the statement answers the months it lacks
     instead of failing on them."""
     ingest_repo.lock_fold(session)
-    name = None
     if slice_start is not None:
         slices.lock_for_fold(session, slice_start)
-        name = slices.slice_name(slice_start)
     kept_from = partitions.kept_from(session)
     months = set(partitions.known_partitions.months(session))
     for _ in range(4):  # at worst: stale memory, then missing months, then the batch
-        batch = ingest_repo.fold(session, watermark, FOLD_BATCH, kept_from=kept_from,
-                                 partitions=partitions.as_multirange(months), slice_name=name)
+        if slice_start is None:
+            batch = ingest_repo.fold(session, watermark, FOLD_BATCH, kept_from=kept_from,
+                                     partitions=partitions.as_multirange(months))
+        else:
+            batch = ingest_repo.fold_slice(session, slices.slice_name(slice_start),
+                                           slice_start, kept_from=kept_from, months=months)
         if batch.partitions_stale:  # dropped by someone else: ask the catalog again
             partitions.known_partitions.forget()
             months = set(partitions.attached_months(session))

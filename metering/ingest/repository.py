@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from metering.core.clock import month_start
 from metering.core.events import SandboxEvent
 from metering.executions.repository import reopen_if_newer
 
@@ -82,6 +82,17 @@ JOIN unnest(CAST(:source AS text[]), CAST(:id AS text[])) AS k(source, id)
 # fail the whole statement, so it is answered instead, with its month: the caller rolls the
 # batch back, makes the partitions and folds again. The checks cost two comparisons per
 # sample on the pass the count already makes; the month is computed only for rows outside.
+_UPSERT_MINUTES = """\
+ON CONFLICT (execution_id, minute) DO UPDATE SET
+        samples = m.samples + excluded.samples,
+        cpu_samples = m.cpu_samples + excluded.cpu_samples,
+        cpu_sum = m.cpu_sum + excluded.cpu_sum,
+        cpu_max = greatest(m.cpu_max, excluded.cpu_max),
+        mem_samples = m.mem_samples + excluded.mem_samples,
+        mem_sum = m.mem_sum + excluded.mem_sum,
+        mem_max = greatest(m.mem_max, excluded.mem_max),
+        last_at = greatest(m.last_at, excluded.last_at),
+        tags = m.tags || excluded.tags"""
 _FOLD_SQL = """
 WITH moved AS ({moved}), agg AS (
     SELECT execution_id, date_trunc('minute', time) AS minute,
@@ -90,7 +101,7 @@ WITH moved AS ({moved}), agg AS (
            max(cpu_centipct) AS cpu_max,
            count(memory_used_mib) AS mem_samples, coalesce(sum(memory_used_mib), 0) AS mem_sum,
            max(memory_used_mib) AS mem_max,
-           max(time) AS last_at, array_agg(tag ORDER BY tag) AS tags
+           max(time) AS last_at, array_agg(tag) AS tags
     FROM moved GROUP BY 1, 2
 ), upserted AS (
     INSERT INTO sample_minutes AS m
@@ -102,16 +113,7 @@ WITH moved AS ({moved}), agg AS (
     -- On last_at, in the same minute as `minute`: an aggregate, so the check runs once per
     -- row made rather than being pushed down to every sample.
     WHERE agg.last_at >= :kept_from AND agg.last_at <@ CAST(:partitions AS tstzmultirange)
-    ON CONFLICT (execution_id, minute) DO UPDATE SET
-        samples = m.samples + excluded.samples,
-        cpu_samples = m.cpu_samples + excluded.cpu_samples,
-        cpu_sum = m.cpu_sum + excluded.cpu_sum,
-        cpu_max = greatest(m.cpu_max, excluded.cpu_max),
-        mem_samples = m.mem_samples + excluded.mem_samples,
-        mem_sum = m.mem_sum + excluded.mem_sum,
-        mem_max = greatest(m.mem_max, excluded.mem_max),
-        last_at = greatest(m.last_at, excluded.last_at),
-        tags = m.tags || excluded.tags
+    {upsert}
 )
 SELECT count(*), count(*) FILTER (WHERE time < :kept_from),
        array_agg(DISTINCT date_trunc('month', time, 'UTC')) FILTER (
@@ -120,23 +122,45 @@ FROM moved
 """
 # The default partition (samples outside every minute slice: late ones, or any before the
 # slices were made) is emptied row by row, oldest-first batches under the watermark.
-_FOLD_DEFAULT = text(_FOLD_SQL.format(moved="""
+_FOLD_DEFAULT = text(_FOLD_SQL.format(upsert=_UPSERT_MINUTES, moved="""
     DELETE FROM host_stats_pending_default
     WHERE (source, id, time) IN (
         SELECT source, id, time FROM host_stats_pending_default
         WHERE time < :watermark LIMIT :limit)
-    RETURNING *"""))
-_fold_slice: dict[str, Any] = {}
+    RETURNING execution_id, time, cpu_centipct, memory_used_mib, tag"""))
 
-
-def _fold_slice_sql(name: str) -> Any:
-    """A whole minute slice read as it is: the caller holds it SHARE locked (no writer) and
-    empties it after, in the same transaction."""
-    statement = _fold_slice.get(name)
-    if statement is None:
-        statement = text(_FOLD_SQL.format(moved=f'SELECT * FROM "{name}"'))
-        _fold_slice[name] = statement
-    return statement
+# A whole minute slice: every sample is of one minute (`:minute`) and one month, so the
+# horizon and partition checks are the caller's, once, and the samples are grouped by
+# execution alone, hashed rather than sorted (the tags of a minute row are a set: nothing
+# reads their order). Measured on a slice of 1.86 million samples of 31,000 executions:
+# 1.0 s against 3.9 s for the general statement, which sorts every sample (spilling to disk)
+# and checks each one's month.
+_FOLD_SLICE_SQL = """
+WITH agg AS (
+    SELECT execution_id, count(*) AS samples,
+           count(cpu_centipct) AS cpu_samples, coalesce(sum(cpu_centipct), 0) AS cpu_sum,
+           max(cpu_centipct) AS cpu_max,
+           count(memory_used_mib) AS mem_samples, coalesce(sum(memory_used_mib), 0) AS mem_sum,
+           max(memory_used_mib) AS mem_max,
+           max(time) AS last_at, array_agg(tag) AS tags
+    FROM "{name}" GROUP BY execution_id
+), upserted AS (
+    INSERT INTO sample_minutes AS m
+        (execution_id, minute, team_id, sandbox_id, samples, cpu_samples, cpu_sum, cpu_max,
+         mem_samples, mem_sum, mem_max, last_at, tags)
+    SELECT agg.execution_id, :minute, e.team_id, e.sandbox_id, samples, cpu_samples, cpu_sum,
+           cpu_max, mem_samples, mem_sum, mem_max, last_at, tags
+    FROM agg JOIN executions e ON e.execution_id = agg.execution_id
+    {upsert}
+)
+SELECT coalesce(sum(samples), 0) FROM agg
+"""
+# The grouping's memory for the fold's transaction only: about 1.7 kB an execution (50 MB
+# at 31,000 running); beyond it PostgreSQL spills to disk, slower but the same answer.
+FOLD_WORK_MEM = "128MB"
+# A slice of a month before the horizon: its samples are counted, then emptied with it.
+_COUNT_SLICE = 'SELECT count(*) FROM "{name}"'
+_ANY_IN_SLICE = 'SELECT 1 FROM "{name}" LIMIT 1'
 
 # One JSON parameter (see `insert_pending`), one row per batch.
 _LOG_LIVENESS = text("""
@@ -312,19 +336,16 @@ def lock_fold(session: Session) -> None:
 
 def fold(
     session: Session, watermark: datetime, limit: int, *, kept_from: datetime | None,
-    partitions: str, slice_name: str | None = None,
+    partitions: str,
 ) -> FoldBatch:
-    """Move pending samples into minute rows of the months in `partitions` (a
-    `tstzmultirange`), discarding those before `kept_from`: with `slice_name`, every sample
-    of that minute slice (the caller then empties it); else up to `limit` samples older than
-    the watermark from the default partition (deleted). The caller holds the fold lock
-    (`lock_fold`)."""
+    """Move up to `limit` pending samples older than the watermark from the default partition
+    (deleted) into minute rows of the months in `partitions` (a `tstzmultirange`), discarding
+    those before `kept_from`. The caller holds the fold lock (`lock_fold`)."""
     params = {"watermark": watermark, "limit": limit, "partitions": partitions,
               "kept_from": kept_from or EARLIEST}
-    statement = _FOLD_DEFAULT if slice_name is None else _fold_slice_sql(slice_name)
     savepoint = session.begin_nested()
     try:
-        row = session.execute(statement, params).one()
+        row = session.execute(_FOLD_DEFAULT, params).one()
     except IntegrityError as exc:
         savepoint.rollback()
         if getattr(exc.orig, "sqlstate", None) == NO_PARTITION:
@@ -335,6 +356,38 @@ def fold(
         return FoldBatch(0, 0, missing=tuple(sorted(row[2])))
     savepoint.commit()
     return FoldBatch(int(row[0]), int(row[1]))
+
+
+def fold_slice(
+    session: Session, name: str, minute: datetime, *, kept_from: datetime | None,
+    months: frozenset[datetime] | set[datetime],
+) -> FoldBatch:
+    """Move every sample of the minute slice `name` (of `minute`) into minute rows; its
+    samples are discarded when its month is before `kept_from`, and `missing` names its
+    month when `months` (the months with a partition) lacks it. The caller holds the fold
+    lock and the slice SHARE locked (no writer), and empties the slice after, in the same
+    transaction."""
+    month = month_start(minute)
+    if kept_from is not None and month < kept_from:
+        count = session.execute(text(_COUNT_SLICE.format(name=name))).scalar_one()
+        return FoldBatch(int(count), int(count))
+    if month not in months:
+        # An empty slice (made ahead, nothing came) needs no partition.
+        if session.execute(text(_ANY_IN_SLICE.format(name=name))).first() is None:
+            return FoldBatch(0, 0)
+        return FoldBatch(0, 0, missing=(month,))
+    session.execute(text("SELECT set_config('work_mem', :m, true)"), {"m": FOLD_WORK_MEM})
+    statement = text(_FOLD_SLICE_SQL.format(name=name, upsert=_UPSERT_MINUTES))
+    savepoint = session.begin_nested()
+    try:
+        moved = session.execute(statement, {"minute": minute}).scalar_one()
+    except IntegrityError as exc:
+        savepoint.rollback()
+        if getattr(exc.orig, "sqlstate", None) == NO_PARTITION:
+            return FoldBatch(0, 0, partitions_stale=True)
+        raise
+    savepoint.commit()
+    return FoldBatch(int(moved), 0)
 
 
 def log_liveness(session: Session, newest_ms: dict[str, int]) -> None:

@@ -55,11 +55,22 @@ def test_a_minute_is_folded_whole_its_slice_dropped_and_late_samples_count_once(
     assert one(sessions, f'SELECT count(*) FROM "{name}"') == 6
     assert send(sessions, samples[:2]) == (0, 2)  # a retry, while pending
 
+    summary = ("SELECT count(*), sum(cpu_centipct), max(cpu_centipct), coalesce(sum(memory_used_mib), 0), "
+               "max(time), array_agg(tag ORDER BY tag) FROM {}")
+    with transaction(sessions) as session:
+        pending = tuple(session.execute(text(summary.format(f'"{name}"'))).one())
+
     clock.set_offset(timedelta(minutes=15))
     jobs.fold_samples(sessions)
     assert one(sessions, "SELECT to_regclass(:n) IS NULL", n=name) is True
     assert one(sessions, "SELECT count(*) FROM host_stats_pending") == 0
-    assert one(sessions, "SELECT samples FROM sample_minutes WHERE minute = :m", m=minute) == 6
+    with transaction(sessions) as session:
+        folded = tuple(session.execute(text(
+            "SELECT samples, cpu_sum, cpu_max, mem_sum, last_at, "
+            "ARRAY(SELECT unnest(tags) ORDER BY 1) FROM sample_minutes WHERE minute = :m"),
+            {"m": minute}).one())
+    assert folded == pending  # every sample's figures and tag, once
+    assert folded[0] == 6 and folded[1] == sum(s * 100 for s in range(0, 60, 10))
 
     # Its slice gone, a retry is still a duplicate (against the folded minute) and a new
     # sample of that minute is taken once, through the default partition.
