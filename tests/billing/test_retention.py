@@ -27,7 +27,7 @@ from billing.retention.service import CLOSED_AND_INVOICED, HELD_BACK, RETENTION_
 from metering import migrate
 from metering.config import Settings
 from metering.db import make_engine, transaction
-from metering.ingest import jobs
+from metering.ingest import jobs, slices
 from metering.ingest import partitions as retention
 from tests.billing.test_close import iso, pin, put_team, query
 from tests.conftest import Keys, event
@@ -151,6 +151,43 @@ def test_the_fold_makes_the_partitions_of_old_samples_on_demand(
     assert [p["samples"] for p in metrics(client, api_keys, recent, AUG)] == [3]
     assert [p["samples"] for p in metrics(client, api_keys, old, datetime(
         2019, 3, 31, 23, tzinfo=UTC))] == [2, 1]
+
+
+def test_a_minute_slice_makes_its_month_on_demand_and_one_before_the_horizon_is_discarded(
+    sessions: sessionmaker[Session],
+) -> None:
+    may, june, july = (datetime(2031, m, 1, tzinfo=UTC) for m in (5, 6, 7))
+    in_may, in_june = may + timedelta(days=3, hours=4), june + timedelta(days=3, hours=4)
+
+    def sample(minute: datetime, second: int, cpu: int) -> dict[str, object]:
+        return {"s": "node-1", "i": f"h-{minute:%m}-{second}", "x": "e_slice",
+                "t": minute + timedelta(seconds=second), "c": cpu, "g": second}
+
+    with transaction(sessions) as session:
+        assert slices.ensure(session, [in_may, in_june]) == [in_may, in_june]
+        session.execute(text(
+            "INSERT INTO executions (execution_id, team_id, sandbox_id, last_event_at) "
+            "VALUES ('e_slice', 't_slice', 's_slice', :t)"), {"t": in_may})
+        session.execute(text(
+            "INSERT INTO host_stats_pending (source, id, execution_id, time, cpu_centipct, tag) "
+            "VALUES (:s, :i, :x, :t, :c, :g)"),
+            [sample(in_may, 5, 900), sample(in_may, 15, 900),
+             sample(in_june, 5, 100), sample(in_june, 15, 300), sample(in_june, 25, 200)])
+        # May is before the horizon: its samples are discarded, its month never made.
+        session.execute(text("INSERT INTO sample_retention (id, kept_from, updated_at) "
+                             "VALUES (1, :k, :k)"), {"k": june})
+    retention.known_partitions.forget()
+    pin(july + timedelta(days=2))
+    assert jobs.fold_samples(sessions) == 5  # moved: 2 discarded, 3 stored
+
+    assert partitions(sessions) == ["2031-06"]  # June made for its slice; May not
+    rows = query(sessions, "SELECT minute, samples, cpu_sum, cpu_max, "
+                           "ARRAY(SELECT unnest(tags) ORDER BY 1) AS tags FROM sample_minutes")
+    assert [(r.minute, r.samples, r.cpu_sum, r.cpu_max, r.tags) for r in rows] == [
+        (in_june, 3, 600, 300, [5, 15, 25])]
+    assert query(sessions, "SELECT count(*) FROM host_stats_pending")[0][0] == 0
+    with transaction(sessions) as session:
+        assert not {in_may, in_june} & set(slices.attached(session))  # both dropped
 
 
 def test_a_partition_dropped_behind_the_process_back_is_made_again(
