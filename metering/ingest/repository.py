@@ -75,13 +75,7 @@ JOIN unnest(CAST(:source AS text[]), CAST(:id AS text[])) AS k(source, id)
   ON e.source = k.source AND e.id = k.id
 """)
 
-# One statement moves a batch: delete from the pending table, aggregate per execution-minute,
-# upsert. Rows go only into months that have a partition (`:partitions`, the caller's
-# knowledge) and are after the retention horizon (`:kept_from`); samples before the horizon
-# are deleted and counted as discarded. A sample of any other month would make PostgreSQL
-# fail the whole statement, so it is answered instead, with its month: the caller rolls the
-# batch back, makes the partitions and folds again. The checks cost two comparisons per
-# sample on the pass the count already makes; the month is computed only for rows outside.
+# A minute row gathers what every fold adds to it (late samples come after their minute).
 _UPSERT_MINUTES = """\
 ON CONFLICT (execution_id, minute) DO UPDATE SET
         samples = m.samples + excluded.samples,
@@ -93,6 +87,14 @@ ON CONFLICT (execution_id, minute) DO UPDATE SET
         mem_max = greatest(m.mem_max, excluded.mem_max),
         last_at = greatest(m.last_at, excluded.last_at),
         tags = m.tags || excluded.tags"""
+
+# One statement moves a batch: delete from the pending table, aggregate per execution-minute,
+# upsert. Rows go only into months that have a partition (`:partitions`, the caller's
+# knowledge) and are after the retention horizon (`:kept_from`); samples before the horizon
+# are deleted and counted as discarded. A sample of any other month would make PostgreSQL
+# fail the whole statement, so it is answered instead, with its month: the caller rolls the
+# batch back, makes the partitions and folds again. The checks cost two comparisons per
+# sample on the pass the count already makes; the month is computed only for rows outside.
 _FOLD_SQL = """
 WITH moved AS ({moved}), agg AS (
     SELECT execution_id, date_trunc('minute', time) AS minute,
@@ -160,6 +162,7 @@ SELECT coalesce(sum(samples), 0) FROM agg
 FOLD_WORK_MEM = "128MB"
 # A slice of a month before the horizon: its samples are counted, then emptied with it.
 _COUNT_SLICE = 'SELECT count(*) FROM "{name}"'
+# Whether a slice holds anything (an empty one needs no partition for its month).
 _ANY_IN_SLICE = 'SELECT 1 FROM "{name}" LIMIT 1'
 
 # One JSON parameter (see `insert_pending`), one row per batch.
@@ -372,7 +375,6 @@ def fold_slice(
         count = session.execute(text(_COUNT_SLICE.format(name=name))).scalar_one()
         return FoldBatch(int(count), int(count))
     if month not in months:
-        # An empty slice (made ahead, nothing came) needs no partition.
         if session.execute(text(_ANY_IN_SLICE.format(name=name))).first() is None:
             return FoldBatch(0, 0)
         return FoldBatch(0, 0, missing=(month,))
