@@ -66,8 +66,10 @@ class PendingSample(Base):
     # Partitioned by minute (`metering.ingest.slices`): a folded minute leaves whole. The key
     # holds the time, as a partition key must; a retry carries the same time.
     __table_args__ = (PrimaryKeyConstraint("source", "id", "time"),
-                      # A sandbox's metrics read its own pending samples, not all of them.
-                      Index("ix_host_stats_pending_execution_id", "execution_id", "time"),
+                      # A sandbox's metrics read its own pending samples, not all of them
+                      # (a few minutes of them: the time adds nothing; without it each
+                      # execution's entries share one deduplicated posting list).
+                      Index("ix_host_stats_pending_execution_id", "execution_id"),
                       {"postgresql_partition_by": "RANGE (time)"})
 
     source: Mapped[str] = mapped_column(String(1024))
