@@ -152,8 +152,8 @@ def _fold_batch(
             batch = ingest_repo.fold(session, watermark, FOLD_BATCH, kept_from=kept_from,
                                      partitions=partitions.as_multirange(months))
         else:
-            batch = ingest_repo.fold_slice(session, slices.slice_name(slice_start),
-                                           slice_start, kept_from=kept_from, months=months)
+            batch = ingest_repo.fold_slice(session, slice_start, kept_from=kept_from,
+                                           months=months)
         if batch.partitions_stale:  # dropped by someone else: ask the catalog again
             partitions.known_partitions.forget()
             months = set(partitions.attached_months(session))

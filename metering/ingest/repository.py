@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from metering.core.clock import month_start
 from metering.core.events import SandboxEvent
 from metering.executions.repository import reopen_if_newer
+from metering.ingest.slices import slice_name
 
 # Held shared by ingest of old samples and exclusively by the fold, so a sample can never be
 # checked against a minute row while the fold is moving that minute out of the pending table.
@@ -362,14 +363,15 @@ def fold(
 
 
 def fold_slice(
-    session: Session, name: str, minute: datetime, *, kept_from: datetime | None,
+    session: Session, minute: datetime, *, kept_from: datetime | None,
     months: frozenset[datetime] | set[datetime],
 ) -> FoldBatch:
-    """Move every sample of the minute slice `name` (of `minute`) into minute rows; its
+    """Move every sample of the minute slice of `minute` into minute rows; its
     samples are discarded when its month is before `kept_from`, and `missing` names its
     month when `months` (the months with a partition) lacks it. The caller holds the fold
     lock and the slice SHARE locked (no writer), and empties the slice after, in the same
     transaction."""
+    name = slice_name(minute)
     month = month_start(minute)
     if kept_from is not None and month < kept_from:
         count = session.execute(text(_COUNT_SLICE.format(name=name))).scalar_one()
