@@ -170,11 +170,21 @@ def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T]
     raise AssertionError("attempts must be at least 1")
 
 
-def commit_with(session: Session, statement: TextClause | str, params: Mapping[str, Any]
-                ) -> None:
+# Sent first in a commit that need not wait for the disk: for this transaction alone.
+NO_FLUSH_WAIT = "SET LOCAL synchronous_commit = off"
+
+
+def commit_with(session: Session, statement: TextClause | str, params: Mapping[str, Any],
+                *, durable: bool = True) -> None:
     """Commit the unit of work with one last statement in the same round trip (the statement
     and the COMMIT are pipelined). The unit of work's own commit afterwards finds nothing
-    left to do; a failure raises as any statement's would, and the work rolls back."""
+    left to do; a failure raises as any statement's would, and the work rolls back.
+
+    `durable=False`: the commit returns once its work is visible to every other transaction,
+    without waiting for its WAL to be flushed (a database crash can lose it; a crash of this
+    process cannot)."""
     with driver(session) as raw, raw.pipeline():
+        if not durable:
+            raw.execute(NO_FLUSH_WAIT)
         raw.execute(driver_sql(statement), params)
         raw.commit()

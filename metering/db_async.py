@@ -22,6 +22,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import Engine
 
+from metering.db import NO_FLUSH_WAIT
+
 log = logging.getLogger(__name__)
 
 # Waiting longer than this for a pooled connection means trouble: let the threaded path
@@ -66,10 +68,12 @@ def pool_for_loop(state: Any) -> AsyncConnectionPool | None:
 
 
 async def commit_with(conn: psycopg.AsyncConnection[Any], statement: str,
-                      params: Mapping[str, Any]) -> None:
+                      params: Mapping[str, Any], *, durable: bool = True) -> None:
     """`metering.db.commit_with` on the event loop's connection: the last statement and the
     COMMIT of the unit of work `connection` opened, in one round trip."""
     async with conn.pipeline():
+        if not durable:
+            await conn.execute(NO_FLUSH_WAIT)
         await conn.execute(statement, params)
         await conn.commit()
 

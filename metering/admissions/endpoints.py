@@ -51,7 +51,8 @@ async def post_admission(
     no spend limit is answered on the event loop (two pipelined round trips: key, lock, lease,
     counts and team; then lease and commit). Anyone else, or any database trouble, takes one
     hop to a worker thread that does the same with the money reads added. Either way the
-    lease is committed before the answer."""
+    lease is committed, and seen by every later admission, before the answer (without
+    waiting for the disk unless `METERING_ADMISSION_DURABLE_COMMIT`: see the README)."""
     token = credentials.credentials if credentials else None
     if not token:
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")

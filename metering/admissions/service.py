@@ -66,7 +66,8 @@ def admit(
                               standing)
     if lease is not None:
         # The lease and the commit (which releases the team's lock) in one round trip.
-        commit_with(session, repo.INSERT_LEASE, lease)
+        commit_with(session, repo.INSERT_LEASE, lease,
+                    durable=settings.admission_durable_commit)
     return decision
 
 
@@ -94,7 +95,8 @@ async def admit_on_loop(
             return None
         decision, lease = _decide(settings, team_id, sandbox_id, request, now, got, *view)
         if lease is not None:
-            await db_async.commit_with(conn, repo.INSERT_LEASE, lease)
+            await db_async.commit_with(conn, repo.INSERT_LEASE, lease,
+                                       durable=settings.admission_durable_commit)
         return decision
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from metering import observability
@@ -211,3 +213,88 @@ def test_pro_admissions_stay_on_the_event_loop_past_the_plan_cache_lifetime(
         after = paths()
     taken = {p: after.get(p, 0) - before.get(p, 0) for p in ("loop", "thread", "fallback")}
     assert taken == {"loop": 20, "thread": 0, "fallback": 0}, taken
+
+
+@pytest.fixture
+def lease_commit_modes(engine: Engine) -> Iterator[Callable[[], dict[str, str]]]:
+    """For every lease inserted from now on: `synchronous_commit` in its transaction ("off":
+    its commit does not wait for the disk)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE lease_commit_modes (lease_id text, mode text)")
+        conn.exec_driver_sql("""
+            CREATE FUNCTION record_lease_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              INSERT INTO lease_commit_modes
+              VALUES (NEW.id, current_setting('synchronous_commit'));
+              RETURN NEW;
+            END $$""")
+        conn.exec_driver_sql("CREATE TRIGGER record_lease_commit_mode AFTER INSERT ON leases "
+                             "FOR EACH ROW EXECUTE FUNCTION record_lease_commit_mode()")
+
+    def modes() -> dict[str, str]:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT lease_id, mode FROM lease_commit_modes").all()
+        return {lease: mode for lease, mode in rows}
+
+    try:
+        yield modes
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER record_lease_commit_mode ON leases")
+            conn.exec_driver_sql("DROP FUNCTION record_lease_commit_mode()")
+            conn.exec_driver_sql("DROP TABLE lease_commit_modes")
+
+
+# Hobby admissions take the threaded path, Pro ones the event loop's (see the race above).
+@pytest.mark.parametrize(("plan", "path"), [("hobby", "thread"), ("pro", "loop")])
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_lease_commits_without_waiting_for_the_disk_unless_configured_to(
+    app: FastAPI, client: TestClient, api_keys: Keys, monkeypatch: pytest.MonkeyPatch,
+    lease_commit_modes: Callable[[], dict[str, str]], plan: str, path: str, durable: bool,
+) -> None:
+    monkeypatch.setattr(app.state.settings, "admission_durable_commit", durable)
+    put_team(client, api_keys, "team_d", plan=plan)
+    client.post("/v1/teams/team_d/overrides", json={"concurrency": 2, "starts_per_second": 100},
+                headers=Keys.auth(api_keys.finance))
+    warm = admit(client, api_keys, "team_d", "sbx_warm")  # the team is known from here on
+    before = paths()
+    first = admit(client, api_keys, "team_d", "sbx_1")
+    after = paths()
+    assert first.status_code == 200 and after.get(path, 0) - before.get(path, 0) == 1
+    modes = lease_commit_modes()
+    assert modes[first.json()["lease_id"]] == ("on" if durable else "off")
+    assert modes[warm.json()["lease_id"]] == ("on" if durable else "off")
+    # Committed either way: a retry gets the lease, and it holds its slot.
+    assert admit(client, api_keys, "team_d", "sbx_1").json()["lease_id"] == first.json()["lease_id"]
+    assert admit(client, api_keys, "team_d", "sbx_2").status_code == 429
+
+
+def test_a_commit_that_skips_the_flush_wait_leaves_its_connection_waiting_for_the_disk(
+    sessions: sessionmaker[Session], database_url: str,
+) -> None:
+    """The setting holds for the lease's transaction alone: ingest and everything else that
+    later runs on the same pooled connection still waits for the disk."""
+    import asyncio
+
+    import psycopg
+    from sqlalchemy import text
+
+    from metering import db, db_async
+
+    record = "INSERT INTO flush_modes VALUES (current_setting('synchronous_commit'))"
+    with db.transaction(sessions) as session:
+        session.execute(text("CREATE TEMP TABLE flush_modes (mode text)"))
+        db.commit_with(session, record, {}, durable=False)
+        assert session.execute(text("SELECT mode FROM flush_modes")).scalar_one() == "off"
+        assert session.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
+
+    async def on_the_loop() -> tuple[str, str]:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await conn.execute("CREATE TEMP TABLE flush_modes (mode text)")
+            await db_async.commit_with(conn, record, {}, durable=False)
+            recorded = await (await conn.execute("SELECT mode FROM flush_modes")).fetchone()
+            now = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+            assert recorded is not None and now is not None
+            return str(recorded[0]), str(now[0])
+
+    assert asyncio.run(on_the_loop()) == ("off", "on")
