@@ -77,8 +77,8 @@ def serve_until_ready(command: list[str], env: dict[str, str], port: int) -> Ite
     """Start a server process, wait for its /readyz, yield its base URL, stop it after.
 
     The server runs in a session of its own, as it does under systemd or in a container:
-    where the kernel groups processes by session for scheduling (autogroup), it is then not
-    one group with the benchmark's load generators, sharing their share of the CPU."""
+    where the kernel groups processes by session for scheduling (autogroup), it then does not
+    share one group, and one share of the CPU, with the benchmark's load generators."""
     process = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -23,6 +23,11 @@ What makes the figures trustworthy:
   database's backends and its background writers), and beside it the generators' own CPU;
 - skipped job runs come from the service's own metric (`metering_job_runs_skipped_total`),
   deadlocks from PostgreSQL's statistics of the database.
+- the admissions-and-reads client runs at real-time priority where the kernel allows it
+  (`--client-priority`), as a client on its own machine would wake when due, and prints how
+  late it sent (`client: sent late by`); the service runs in a session of its own, so that
+  where the kernel groups processes by session for scheduling it does not share a group
+  with the load generators.
 
 Every minute prints offered and acknowledged events/s, p99 per endpoint (from the scheduled
 send), CPU per event, RSS per service process and skipped runs; at the end, the memory growth
@@ -272,10 +277,9 @@ def prompt_client() -> str:
 
     It stands for the orchestrator and the dashboards, which run on other machines: there a
     request leaves when it is due. Here, on 2 cores the service keeps busy, a client at the
-    service's priority wakes late and its own wait is timed as the service's (p99 `SELECT 1`
-    20 ms from this client, 5 to 7 ms from one that times from its actual send). At real-time
-    priority it wakes when due; it uses under 2 % of a core, so it takes almost nothing from
-    the service. `CLIENT_LATE` shows what is left of its lateness either way."""
+    service's priority can wake late, and its own wait would be timed as the service's. At
+    real-time priority it wakes when due (it uses under 2 % of a core, so it takes almost
+    nothing from the service); `CLIENT_LATE` prints how late it sent, either way."""
     try:
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
     except (OSError, AttributeError) as exc:

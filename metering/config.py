@@ -65,9 +65,9 @@ class Settings(BaseSettings):
     # Limits and enforcement
     lease_ttl_s: int = 90
     # An admission's lease commits without waiting for its WAL to reach disk: under ingest's
-    # write load that wait is most of an admission's tail. A database crash can then forget
-    # the leases of its last ~0.6 s (their slots free early; a retry is decided afresh).
-    # True: every lease waits for the disk, as every other write does.
+    # writes that wait is a large part of an admission's tail (docs/scaling.md). A database
+    # crash can then forget the leases of its last ~0.6 s (their slots free early; a retry
+    # is decided afresh). True: every lease waits for the disk, as every other write does.
     admission_durable_commit: bool = False
     default_plan: str = "hobby"
     orchestrator_webhook_url: str | None = None
