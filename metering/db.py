@@ -83,9 +83,10 @@ def driver_sql(statement: TextClause | str) -> str:
 def pipeline(
     session: Session, statements: Sequence[tuple[TextClause | str, Mapping[str, Any]]],
 ) -> list[list[Any]]:
-    """Run read statements in the session's transaction in one network round trip (psycopg
-    pipeline mode) and answer each one's rows. They run in order, each with its own snapshot
-    (read committed), exactly as if executed one by one."""
+    """Run statements in the session's transaction in one network round trip (psycopg
+    pipeline mode) and answer each one's rows (none for a write without RETURNING). They run
+    in order, each with its own snapshot (read committed), exactly as if executed one by one;
+    a failure in one skips the rest and raises, as the first of them would have."""
     if not statements:
         return []
     with driver(session) as raw, raw.pipeline():

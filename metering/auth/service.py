@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from metering.auth.models import ROLES, ApiKey
 from metering.core.clock import utc_now
+from metering.db import pipeline
 from metering.errors import BadRequest, Forbidden, NotFound
 
 KEY_PREFIX = "mk"
@@ -90,13 +91,19 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.execute(select(ApiKey).order_by(ApiKey.created_at)).scalars())
 
 
+# Sent through the driver's pipeline: as a request's first statement it travels with the
+# transaction's BEGIN in one round trip instead of two.
+_RESOLVE = "SELECT id, role, team_id, revoked_at, digest FROM api_keys WHERE digest = %(digest)s"
+
+
 def resolve(session: Session, clear: str) -> Principal | None:
-    row = session.execute(
-        select(ApiKey.id, ApiKey.role, ApiKey.team_id, ApiKey.revoked_at, ApiKey.digest)
-        .where(ApiKey.digest == digest(clear))
-    ).first()
-    if row is None or row.revoked_at is not None:
+    wanted = digest(clear)
+    rows = pipeline(session, [(_RESOLVE, {"digest": wanted})])[0]
+    if not rows:
         return None
-    if not hmac.compare_digest(row.digest, digest(clear)):  # pragma: no cover - belt and braces
+    key_id, role, team_id, revoked_at, stored = rows[0]
+    if revoked_at is not None:
         return None
-    return Principal(row.id, row.role, row.team_id)
+    if not hmac.compare_digest(stored, wanted):  # pragma: no cover - belt and braces
+        return None
+    return Principal(key_id, role, team_id)

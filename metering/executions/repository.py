@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.orm import Session
 
 from metering.core.usage import Timeline
+from metering.db import pipeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +73,20 @@ SELECT * FROM unnest(CAST(:execution_id AS text[]), CAST(:seq AS int[]),
 """)
 
 
+def _ensure_params(keys: Sequence[ExecutionKey]) -> dict[str, list[Any]]:
+    ordered = sorted({k.execution_id: k for k in keys}.values(), key=lambda k: k.execution_id)
+    return {
+        "execution_id": [k.execution_id for k in ordered],
+        "team_id": [k.team_id for k in ordered],
+        "sandbox_id": [k.sandbox_id for k in ordered],
+        "last_event_at": [k.last_event_at for k in ordered],
+    }
+
+
 def ensure(session: Session, keys: Sequence[ExecutionKey]) -> None:
     """Create missing execution rows (no locks taken on existing ones)."""
-    ordered = sorted({k.execution_id: k for k in keys}.values(), key=lambda k: k.execution_id)
-    if ordered:
-        session.execute(_ENSURE, {
-            "execution_id": [k.execution_id for k in ordered],
-            "team_id": [k.team_id for k in ordered],
-            "sandbox_id": [k.sandbox_id for k in ordered],
-            "last_event_at": [k.last_event_at for k in ordered],
-        })
+    if keys:
+        session.execute(_ENSURE, _ensure_params(keys))
 
 
 _OWNERS = text("""
@@ -91,26 +96,43 @@ SELECT execution_id, team_id FROM executions WHERE execution_id = ANY(CAST(:ids 
 
 def ensure_owners(session: Session, keys: Sequence[ExecutionKey]) -> dict[str, str]:
     """Create missing execution rows (each key's team becomes its owner, for ever), then
-    answer execution id -> owning team for every key. Two statements, so that a row another
-    transaction created meanwhile (the insert waited for it) is seen by the read."""
-    ensure(session, keys)
+    answer execution id -> owning team for every key. Two statements pipelined in one round
+    trip, so that a row another transaction created meanwhile (the insert waited for it) is
+    seen by the read, which has a snapshot of its own."""
+    if not keys:
+        return {}
     ids = sorted({k.execution_id for k in keys})
-    return {r[0]: r[1] for r in session.execute(_OWNERS, {"ids": ids})}
+    _, owners = pipeline(session, [(_ENSURE, _ensure_params(keys)), (_OWNERS, {"ids": ids})])
+    return {r[0]: r[1] for r in owners}
 
 
-def ensure_and_lock(
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """What `lock_for_recompute` read: each locked execution's team (the first team it was
+    seen with) and the lifecycle event rows of the executions asked for."""
+
+    team_of: dict[str, str]
+    events: list[tuple[Any, ...]]
+
+
+def lock_for_recompute(
     session: Session, keys: Sequence[ExecutionKey], existing: Collection[str] = (),
-) -> dict[str, str]:
-    """Create missing execution rows (all but the `existing` ones, known to be there), then
-    lock them all in id order (no deadlocks).
-
-    Answers execution id -> the team it belongs to (the first team it was seen with)."""
-    ordered = sorted({k.execution_id: k for k in keys}.values(), key=lambda k: k.execution_id)
+) -> Locked:
+    """Create missing execution rows (all but the `existing` ones, known to be there), lock
+    them all in id order (no deadlocks), take their settled usage out of the rollups (put
+    back by `store_recomputed`) and read their lifecycle events: one round trip, the
+    statements pipelined in that order, each seeing what the ones before it did."""
+    ids = sorted({k.execution_id for k in keys})
+    statements: list[tuple[TextClause, Mapping[str, Any]]] = []
     # An existing row's unique check would wait for whoever is updating it (the liveness
     # pass): skip the insert for rows known to be there.
-    ensure(session, [k for k in ordered if k.execution_id not in existing])
-    ids = [k.execution_id for k in ordered]
-    return {r[0]: r[1] for r in session.execute(_LOCK, {"ids": ids})}
+    missing = [k for k in keys if k.execution_id not in existing]
+    if missing:
+        statements.append((_ENSURE, _ensure_params(missing)))
+    statements += [(_LOCK, {"ids": ids}), (_ROLLUP_DELTA, {"ids": ids, "sign": -1}),
+                   (_EVENTS, {"ids": ids})]
+    results = pipeline(session, statements)
+    return Locked({r[0]: r[1] for r in results[-3]}, [tuple(r) for r in results[-1]])
 
 
 def lifecycle_rows(session: Session, ids: Sequence[str]) -> list[tuple[Any, ...]]:
@@ -130,11 +152,17 @@ class Recomputed:
     segment_bounds: tuple[tuple[datetime, datetime | None], ...]
 
 
-def store_recomputed(session: Session, items: Sequence[Recomputed]) -> None:
-    if not items:
+def store_recomputed(
+    session: Session, items: Sequence[Recomputed], locked: Sequence[str],
+) -> None:
+    """Write the recomputed executions and their segments and put the settled usage of every
+    `locked` execution back into the rollups (`lock_for_recompute` took it out), in one
+    round trip (pipelined)."""
+    if not locked:
         return
-    session.execute(_UPDATE, {
-        "execution_id": [i.execution_id for i in items],
+    ids = [i.execution_id for i in items]
+    statements: list[tuple[TextClause, Mapping[str, Any]]] = [] if not items else [(_UPDATE, {
+        "execution_id": ids,
         "start_at": [i.start_at for i in items],
         "start_kind": [i.timeline.start_kind for i in items],
         "vcpu": [i.timeline.vcpu for i in items],
@@ -145,8 +173,7 @@ def store_recomputed(session: Session, items: Sequence[Recomputed]) -> None:
         "end_kind": [i.timeline.end_kind for i in items],
         "end_reason": [i.timeline.end_reason for i in items],
         "last_event_at": [i.last_event_at for i in items],
-    })
-    session.execute(_DELETE_SEGMENTS, {"ids": [i.execution_id for i in items]})
+    }), (_DELETE_SEGMENTS, {"ids": ids})]
     seg_rows: dict[str, list[Any]] = {k: [] for k in (
         "execution_id", "seq", "team_id", "start_at", "end_at", "vcpu", "memory_mib")}
     for item in items:
@@ -161,7 +188,9 @@ def store_recomputed(session: Session, items: Sequence[Recomputed]) -> None:
             seg_rows["vcpu"].append(segment.vcpu)
             seg_rows["memory_mib"].append(segment.memory_mib)
     if seg_rows["execution_id"]:
-        session.execute(_INSERT_SEGMENTS, seg_rows)
+        statements.append((_INSERT_SEGMENTS, seg_rows))
+    statements.append((_ROLLUP_DELTA, {"ids": list(locked), "sign": 1}))
+    pipeline(session, statements)
 
 
 # The hourly contribution of settled executions, times :sign (+1 add, -1 subtract),

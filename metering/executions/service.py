@@ -32,14 +32,14 @@ def recompute(session: Session, keys: Sequence[ExecutionKey]) -> None:
         return
     new = set(known.executions.unknown(k.execution_id for k in keys))
     existing = {k.execution_id for k in keys} - new
-    team_of = repo.ensure_and_lock(session, keys, existing)
+    # Their old settled usage leaves the rollups here; the new one is put back on store.
+    locked = repo.lock_for_recompute(session, keys, existing)
+    team_of = locked.team_of
     known.executions.remember_after_commit(session, new)
-    ids = list(team_of)
-    # Take the executions' old settled usage out of the rollups; put the new one back below.
-    repo.apply_rollup_delta(session, ids, -1)
     by_execution: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    for row in repo.lifecycle_rows(session, ids):
-        by_execution[row[0]].append(row)
+    for row in locked.events:
+        if row[0] in team_of:
+            by_execution[row[0]].append(row)
     items: list[Recomputed] = []
     for execution_id, rows in by_execution.items():
         events: list[LifecycleEvent] = []
@@ -75,5 +75,4 @@ def recompute(session: Session, keys: Sequence[ExecutionKey]) -> None:
                 for s in timeline.segments
             ),
         ))
-    repo.store_recomputed(session, items)
-    repo.apply_rollup_delta(session, ids, +1)
+    repo.store_recomputed(session, items, sorted(team_of))

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from metering.core.clock import month_start
 from metering.core.events import SandboxEvent
+from metering.db import driver, driver_sql
 from metering.executions.repository import reopen_if_newer
 from metering.ingest.slices import slice_name
 
@@ -35,6 +37,9 @@ FROM json_to_recordset(CAST(:rows AS json))
 # speculative insertion. When it hits a key already stored, the savepoint is rolled back
 # and the batch goes through the exact path instead.
 _INSERT_PENDING_FAST = text(_INSERT_PENDING_SQL)
+_SAVEPOINT = "SAVEPOINT new_samples"
+_RELEASE = "RELEASE SAVEPOINT new_samples"
+_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT new_samples"
 _INSERT_PENDING = text(_INSERT_PENDING_SQL + """
 ON CONFLICT (source, id, time) DO NOTHING
 RETURNING source, id
@@ -242,26 +247,48 @@ def minute_of(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
-def insert_pending(
-    session: Session, events: Sequence[SandboxEvent]
-) -> set[tuple[str, str]] | None:
-    """Insert samples; answer the keys that were new, or None when every one was."""
-    if not events:
-        return set()
+def _sample_rows(events: Sequence[SandboxEvent]) -> str:
     # One JSON parameter: psycopg dumps Python lists into arrays element by element, which
     # costs more than PostgreSQL parsing a JSON document orjson writes in C.
-    rows = orjson.dumps([{
+    return orjson.dumps([{
         "s": e.source, "i": e.id, "x": e.execution_id, "ms": e.time_ms,
         "c": e.cpu_centipct, "m": e.memory_used_mib, "g": e.tag,
     } for e in events]).decode()
-    try:
-        with session.begin_nested():
-            session.execute(_INSERT_PENDING_FAST, {"rows": rows})
-        return None
-    except IntegrityError as exc:
-        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
-            raise
-    return {(r[0], r[1]) for r in session.execute(_INSERT_PENDING, {"rows": rows})}
+
+
+def _liveness_rows(newest_ms: dict[str, int]) -> str:
+    return orjson.dumps([{"x": x, "ms": ms} for x, ms in newest_ms.items()]).decode()
+
+
+def store_new_samples(
+    session: Session, events: Sequence[SandboxEvent], newest_ms: dict[str, int],
+) -> bool:
+    """Store samples none of which was stored before (the usual batch), with the batch's
+    liveness row (`log_liveness`), in one round trip: savepoint, plain insert, release and
+    the log row are pipelined. False when a key was stored before: nothing of it stayed (the
+    savepoint is rolled back) and the caller takes the exact path (`insert_pending`)."""
+    if not events:
+        return True
+    with driver(session) as raw:
+        try:
+            with raw.pipeline():
+                raw.execute(_SAVEPOINT)
+                raw.execute(driver_sql(_INSERT_PENDING_FAST), {"rows": _sample_rows(events)})
+                raw.execute(_RELEASE)
+                if newest_ms:
+                    raw.execute(driver_sql(_LOG_LIVENESS), {"rows": _liveness_rows(newest_ms)})
+        except psycopg.errors.UniqueViolation:
+            raw.execute(_ROLLBACK_TO)
+            return False
+    return True
+
+
+def insert_pending(session: Session, events: Sequence[SandboxEvent]) -> set[tuple[str, str]]:
+    """Insert samples, skipping keys stored before; answer the keys that were new."""
+    if not events:
+        return set()
+    rows = session.execute(_INSERT_PENDING, {"rows": _sample_rows(events)})
+    return {(r[0], r[1]) for r in rows}
 
 
 def pending_tags(
@@ -399,8 +426,7 @@ def log_liveness(session: Session, newest_ms: dict[str, int]) -> None:
     per batch, so a sample costs the pass nothing until it is read, and the pass reads only
     what arrived since it last ran."""
     if newest_ms:
-        rows = orjson.dumps([{"x": x, "ms": ms} for x, ms in newest_ms.items()]).decode()
-        session.execute(_LOG_LIVENESS, {"rows": rows})
+        session.execute(_LOG_LIVENESS, {"rows": _liveness_rows(newest_ms)})
 
 
 @dataclass(frozen=True, slots=True)

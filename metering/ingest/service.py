@@ -161,12 +161,11 @@ def _ingest_samples(
     # One key order for every batch: two batches sharing keys (a retry racing its original)
     # then wait on each other instead of deadlocking.
     to_insert = sorted(to_insert, key=lambda e: e.key)
-    inserted = repo.insert_pending(session, to_insert)
-    _log_liveness(session, to_insert if inserted is None
-                  else [e for e in to_insert if e.key in inserted])
-    if inserted is None:
+    if repo.store_new_samples(session, to_insert, _newest(to_insert)):
         result.accepted += len(to_insert)
         return
+    inserted = repo.insert_pending(session, to_insert)
+    repo.log_liveness(session, _newest([e for e in to_insert if e.key in inserted]))
     result.accepted += len(inserted)
     missing = [e for e in to_insert if e.key not in inserted]
     if missing:
@@ -181,13 +180,13 @@ def _ingest_samples(
                 result.duplicates += 1
 
 
-def _log_liveness(session: Session, stored: list[SandboxEvent]) -> None:
-    """The newest stored sample of each execution, for the liveness pass (one row a batch)."""
+def _newest(stored: list[SandboxEvent]) -> dict[str, int]:
+    """The newest stored sample of each execution (ms), for the liveness pass."""
     newest: dict[str, int] = {}
     for event in stored:
         if event.time_ms > newest.get(event.execution_id, -1):
             newest[event.execution_id] = event.time_ms
-    repo.log_liveness(session, newest)
+    return newest
 
 
 def _ingest_lifecycle(session: Session, events: list[SandboxEvent], result: IngestResult) -> None:

@@ -1,0 +1,130 @@
+"""How many times an event batch waits for the database: each wait is a wake-up of the
+process storing it and of its database backend, and under load each costs a wait for a core.
+Counted from the wire (libpq's protocol trace: messages out, then answers back, per round trip), on the
+real path of `POST /v1/events` (key, validation, store, commit)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import IO, Any
+
+import psycopg
+import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from metering import known
+from metering.config import Settings
+from metering.db import make_engine, make_sessionmaker
+from metering.ingest.endpoints import _ingest
+from tests.conftest import Keys, event
+
+
+class Wire:
+    """The protocol trace of every connection of one engine."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+
+    def attach(self, dbapi_connection: Any, _record: Any) -> None:
+        pgconn = dbapi_connection.pgconn
+        pgconn.trace(self.file.fileno())
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def round_trips(self) -> int:
+        """Round trips since the last call: each run of messages to the server followed by
+        one of answers (a pipeline's statements go out together, then its answers come)."""
+        self.file.seek(0)
+        lines = self.file.read().decode(errors="replace").splitlines()
+        self.file.seek(0)
+        self.file.truncate()
+        directions = [line[:1] for line in lines if line[:1] in ("F", "B")]
+        return sum(1 for pair in pairwise(directions) if pair == ("F", "B"))
+
+
+@pytest.fixture
+def traced(database_url: str) -> Iterator[tuple[sessionmaker[Session], Wire]]:
+    engine: Engine = make_engine(database_url, pool_size=1)
+    with tempfile.TemporaryFile() as file:
+        wire = Wire(file)
+        sa_event.listen(engine, "connect", wire.attach)
+        with engine.connect() as conn:  # the connection made (and traced) outside the count
+            conn.execute(text("SELECT 1"))
+            conn.commit()
+        try:
+            yield make_sessionmaker(engine), wire
+        finally:
+            engine.dispose()
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def samples(second: datetime, executions: int, team: str | None = None) -> list[dict[str, Any]]:
+    return [event("host_stats", execution=f"exe_{i}", sandbox=f"sbx_{i}",
+                  team=team or f"team_{i % 5}",
+                  time=iso(second), cpu_pct=10, memory_used_mib=300)
+            for i in range(executions)]
+
+
+def test_a_batch_of_samples_waits_for_the_database_three_times(
+    traced: tuple[sessionmaker[Session], Wire], settings: Settings, api_keys: Keys,
+) -> None:
+    sessions, wire = traced
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = [event("created", execution=f"exe_{i}", sandbox=f"sbx_{i}", team=f"team_{i % 5}",
+                   time=iso(now - timedelta(seconds=5)), vcpu=2, memory_mib=1024)
+             for i in range(200)]
+    assert _ingest(settings, sessions, api_keys.ingest, first + samples(now, 200))[
+        "accepted"] == 400
+    wire.round_trips()
+
+    # The steady state: running executions' samples, every execution and team known.
+    answer = _ingest(settings, sessions, api_keys.ingest,
+                     samples(now + timedelta(seconds=1), 200))
+    assert answer["accepted"] == 200
+    # The key (with BEGIN); the samples with their liveness row; COMMIT.
+    assert wire.round_trips() == 3
+
+    # A process that knows nothing yet asks about the executions once more.
+    known.forget_all()
+    answer = _ingest(settings, sessions, api_keys.ingest,
+                     samples(now + timedelta(seconds=2), 200))
+    assert answer["accepted"] == 200
+    # + the executions' owners (ensure and read in one) and the teams.
+    assert wire.round_trips() == 5
+
+
+def test_a_batch_with_lifecycle_events_waits_for_the_database_eight_times(
+    traced: tuple[sessionmaker[Session], Wire], settings: Settings, api_keys: Keys,
+) -> None:
+    sessions, wire = traced
+    now = datetime.now(UTC).replace(microsecond=0)
+    created = [event("created", execution=f"exe_{i}", sandbox=f"sbx_{i}", team="team_1",
+                     time=iso(now - timedelta(seconds=5)), vcpu=2, memory_mib=1024)
+               for i in range(10)]
+    assert _ingest(settings, sessions, api_keys.ingest, created)["accepted"] == 10
+    wire.round_trips()
+
+    # Five sandboxes replaced, as a fleet's batch carries them: killed, and new ones created.
+    churn = [event("killed", execution=f"exe_{i}", sandbox=f"sbx_{i}", team="team_1",
+                   time=iso(now), reason="request") for i in range(5)] + [
+             event("created", execution=f"exe_{i}", sandbox=f"sbx_{i}", team="team_1",
+                   time=iso(now), vcpu=2, memory_mib=1024) for i in range(10, 15)]
+    batch = churn + samples(now, 10, "team_1")
+    answer = _ingest(settings, sessions, api_keys.ingest, batch)
+    assert answer == {"accepted": 20, "duplicates": 0, "rejected": 0, "errors": []}
+    # The key; the new executions' owners; the samples; the lifecycle events; the leases
+    # they consume; the executions locked with their events read; the executions and
+    # segments written; COMMIT.
+    assert wire.round_trips() == 8
+
+    # The same batch again: every event a duplicate, found by the exact paths.
+    again = _ingest(settings, sessions, api_keys.ingest, batch)
+    assert again == {"accepted": 0, "duplicates": 20, "rejected": 0, "errors": []}
