@@ -86,12 +86,27 @@ def pipeline(
     """Run statements in the session's transaction in one network round trip (psycopg
     pipeline mode) and answer each one's rows (none for a write without RETURNING). They run
     in order, each with its own snapshot (read committed), exactly as if executed one by one;
-    a failure in one skips the rest and raises, as the first of them would have."""
+    a failure in one skips the rest and raises, as the first of them would have.
+
+    Never prepared on the server: psycopg counts a statement as prepared when its PREPARE
+    went out in a pipeline that a failure then aborted, and the next use of that statement on
+    the connection fails ("prepared statement does not exist"; psycopg 3.3)."""
     if not statements:
         return []
     with driver(session) as raw, raw.pipeline():
-        cursors = [raw.execute(driver_sql(sql), params) for sql, params in statements]
+        cursors = [raw.execute(driver_sql(sql), params, prepare=False)
+                   for sql, params in statements]
     return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
+
+
+def first_error(exc: psycopg.Error) -> psycopg.Error:
+    """The error that says what went wrong. In pipeline mode a failed statement may raise
+    while later ones are still being queued, and leaving the pipeline then raises
+    `PipelineAborted` on top of it: the first is the one with the SQLSTATE."""
+    while isinstance(exc, psycopg.errors.PipelineAborted) and isinstance(
+            exc.__context__, psycopg.Error):
+        exc = exc.__context__
+    return exc
 
 
 @contextmanager
@@ -104,7 +119,8 @@ def driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
     assert isinstance(raw, psycopg.Connection)
     try:
         yield raw
-    except psycopg.Error as exc:
+    except psycopg.Error as raised:
+        exc = first_error(raised)
         broken = raw.broken or raw.closed
         if broken:
             connection.invalidate(exc)
@@ -186,6 +202,6 @@ def commit_with(session: Session, statement: TextClause | str, params: Mapping[s
     process cannot)."""
     with driver(session) as raw, raw.pipeline():
         if not durable:
-            raw.execute(NO_FLUSH_WAIT)
-        raw.execute(driver_sql(statement), params)
+            raw.execute(NO_FLUSH_WAIT, prepare=False)
+        raw.execute(driver_sql(statement), params, prepare=False)
         raw.commit()

@@ -73,8 +73,8 @@ async def commit_with(conn: psycopg.AsyncConnection[Any], statement: str,
     COMMIT of the unit of work `connection` opened, in one round trip."""
     async with conn.pipeline():
         if not durable:
-            await conn.execute(NO_FLUSH_WAIT)
-        await conn.execute(statement, params)
+            await conn.execute(NO_FLUSH_WAIT, prepare=False)
+        await conn.execute(statement, params, prepare=False)
         await conn.commit()
 
 

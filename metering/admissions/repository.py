@@ -2,7 +2,8 @@
 
 The start path runs on the session's psycopg connection in pipeline mode, so its statements
 are written in the driver's paramstyle (`%(name)s`): all reads travel in one round trip, the
-lease and the commit in a second.
+lease and the commit in a second. Nothing sent in a pipeline is prepared on the server (see
+`metering.db.pipeline`).
 """
 
 from __future__ import annotations
@@ -113,11 +114,12 @@ def prefetch(
     the reads after the lock see every admission of the team that committed before it."""
     params = _params(digest, team_id, sandbox_id, now, stale)
     with driver(session) as raw, raw.pipeline():
-        key = raw.execute(_KEY, params)
-        raw.execute(_LOCK, params)
-        lease = raw.execute(_LIVE_LEASE, params)
-        counts = raw.execute(_COUNTS, params)
-        extra = raw.execute(billing.sql, billing.params) if billing is not None else None
+        key = raw.execute(_KEY, params, prepare=False)
+        raw.execute(_LOCK, params, prepare=False)
+        lease = raw.execute(_LIVE_LEASE, params, prepare=False)
+        counts = raw.execute(_COUNTS, params, prepare=False)
+        extra = (raw.execute(billing.sql, billing.params, prepare=False)
+                 if billing is not None else None)
     return _prefetched(key.fetchone(), lease.fetchone(), counts.fetchone(), billing,
                        extra.fetchone() if extra is not None else None)
 
@@ -129,11 +131,12 @@ async def prefetch_async(
     """`prefetch` on the event loop's connection: the same statements, the same round trip."""
     params = _params(digest, team_id, sandbox_id, now, stale)
     async with conn.pipeline():
-        key = await conn.execute(_KEY, params)
-        await conn.execute(_LOCK, params)
-        lease = await conn.execute(_LIVE_LEASE, params)
-        counts = await conn.execute(_COUNTS, params)
-        extra = await conn.execute(billing.sql, billing.params) if billing is not None else None
+        key = await conn.execute(_KEY, params, prepare=False)
+        await conn.execute(_LOCK, params, prepare=False)
+        lease = await conn.execute(_LIVE_LEASE, params, prepare=False)
+        counts = await conn.execute(_COUNTS, params, prepare=False)
+        extra = (await conn.execute(billing.sql, billing.params, prepare=False)
+                 if billing is not None else None)
     return _prefetched(await key.fetchone(), await lease.fetchone(), await counts.fetchone(),
                        billing, await extra.fetchone() if extra is not None else None)
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from metering.core.clock import month_start
 from metering.core.events import SandboxEvent
-from metering.db import driver, driver_sql
+from metering.db import driver, driver_sql, first_error
 from metering.executions.repository import reopen_if_newer
 from metering.ingest.slices import slice_name
 
@@ -271,14 +271,19 @@ def store_new_samples(
         return True
     with driver(session) as raw:
         try:
+            # Not prepared (see `metering.db.pipeline`): a stored key aborts the pipeline.
             with raw.pipeline():
-                raw.execute(_SAVEPOINT)
-                raw.execute(driver_sql(_INSERT_PENDING_FAST), {"rows": _sample_rows(events)})
-                raw.execute(_RELEASE)
+                raw.execute(_SAVEPOINT, prepare=False)
+                raw.execute(driver_sql(_INSERT_PENDING_FAST), {"rows": _sample_rows(events)},
+                            prepare=False)
+                raw.execute(_RELEASE, prepare=False)
                 if newest_ms:
-                    raw.execute(driver_sql(_LOG_LIVENESS), {"rows": _liveness_rows(newest_ms)})
-        except psycopg.errors.UniqueViolation:
-            raw.execute(_ROLLBACK_TO)
+                    raw.execute(driver_sql(_LOG_LIVENESS), {"rows": _liveness_rows(newest_ms)},
+                                prepare=False)
+        except psycopg.Error as exc:
+            if not isinstance(first_error(exc), psycopg.errors.UniqueViolation):
+                raise
+            raw.execute(_ROLLBACK_TO, prepare=False)
             return False
     return True
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from metering.ingest import repository
 from metering.usage.repository import ROLLUPS
 from tests.conftest import Keys, event
 
@@ -171,3 +175,26 @@ def test_the_same_batch_posted_eight_times_at_once_is_stored_once(
         assert conn.execute(text("SELECT count(*) FROM host_stats_pending")).scalar() == 200
         usage = conn.execute(text(f"SELECT sum(vcpu_ms) FROM {ROLLUPS} r")).scalar()
     assert usage == 200 * 10_000  # each execution's 10 s settled into the rollups exactly once
+
+
+def test_a_stored_sample_is_a_duplicate_whenever_the_database_says_so(
+    client: TestClient, api_keys: Keys, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch's samples go out pipelined; the database may refuse a stored key while the
+    batch's later statements are still being sent (the refusal then arrives in the middle,
+    and leaving the pipeline reports the rest as aborted). Either way the batch is stored
+    once, through the exact path."""
+    sample = event("host_stats", time=iso(T0 + timedelta(seconds=1)), cpu_pct=5, id="s1")
+    created = event("created", time=iso(T0), vcpu=1, memory_mib=512, id="c1")
+    assert post(client, api_keys.ingest, [created, sample])["accepted"] == 2
+    real = repository.driver_sql
+
+    def after_a_pause(statement: Any) -> str:
+        if statement is repository._LOG_LIVENESS:
+            time.sleep(0.2)  # the refusal of the insert is in before the next statement goes
+        return real(statement)
+
+    monkeypatch.setattr(repository, "driver_sql", after_a_pause)
+    fresh = event("host_stats", time=iso(T0 + timedelta(seconds=2)), cpu_pct=6, id="s2")
+    body = post(client, api_keys.ingest, [sample, fresh])
+    assert body == {"accepted": 1, "duplicates": 1, "rejected": 0, "errors": []}

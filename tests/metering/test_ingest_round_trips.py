@@ -128,3 +128,21 @@ def test_a_batch_with_lifecycle_events_waits_for_the_database_eight_times(
     # The same batch again: every event a duplicate, found by the exact paths.
     again = _ingest(settings, sessions, api_keys.ingest, batch)
     assert again == {"accepted": 0, "duplicates": 20, "rejected": 0, "errors": []}
+
+
+def test_batches_holding_stored_samples_keep_being_answered_on_one_connection(
+    traced: tuple[sessionmaker[Session], Wire], settings: Settings, api_keys: Keys,
+) -> None:
+    """A stored sample aborts the batch's pipeline (the exact path follows). Statements of
+    an aborted pipeline must not be left half-prepared on the connection: every later batch
+    on it is answered, across the number of uses after which psycopg prepares a statement."""
+    sessions, _ = traced
+    now = datetime.now(UTC).replace(microsecond=0)
+    before: list[dict[str, Any]] = []
+    for i in range(12):
+        fresh = samples(now + timedelta(seconds=i), 20)
+        resent = before[:1] if i % 3 else []
+        answer = _ingest(settings, sessions, api_keys.ingest, resent + fresh)
+        assert answer == {"accepted": 20, "duplicates": len(resent), "rejected": 0,
+                          "errors": []}
+        before = fresh
