@@ -36,17 +36,22 @@ def refresh_liveness(
     sessions: sessionmaker[Session], stale_after_s: int = 60,
     step: timedelta | None = None,
 ) -> int:
-    """Drain the liveness log into `executions.last_event_at`, a chunk per transaction (each
-    short, so ingest never waits long on the rows it locks). `step` None writes every
-    newest time (exact); see `ingest_repo.refresh_liveness`. Answers executions written."""
+    """Drain the liveness log into `executions.last_event_at`, a bucket of executions and a
+    chunk per transaction (each short, so ingest never waits long on the rows it locks).
+    `step` None writes every newest time (exact); see `ingest_repo.refresh_liveness`.
+    Answers executions written."""
+    with transaction(sessions) as session:
+        buckets = ingest_repo.liveness_buckets(session)
     written = 0
-    while True:
-        with transaction(sessions) as session:
-            done = ingest_repo.refresh_liveness(
-                session, utc_now(), timedelta(seconds=stale_after_s), step)
-        written += done.written
-        if done.drained < ingest_repo.LIVENESS_CHUNK:
-            return written
+    for bucket in buckets:
+        while True:
+            with transaction(sessions) as session:
+                done = ingest_repo.refresh_liveness(
+                    session, utc_now(), timedelta(seconds=stale_after_s), step, bucket=bucket)
+            written += done.written
+            if done.drained < ingest_repo.LIVENESS_CHUNK:
+                break
+    return written
 
 
 class Pacer:

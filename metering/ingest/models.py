@@ -83,14 +83,16 @@ class PendingSample(Base):
 
 
 class LivenessEntry(Base):
-    """One ingest batch's newest sample time per execution, until the liveness pass carries
-    them into `executions.last_event_at`. `carried`: put back by a pass that did not write it
-    yet (see `metering.ingest.repository.refresh_liveness`)."""
+    """One ingest batch's newest sample time per execution of one bucket (a hash of the
+    execution id), until the liveness pass carries them into `executions.last_event_at`.
+    `carried`: put back by a pass that did not write it yet (see
+    `metering.ingest.repository.refresh_liveness`)."""
 
     __tablename__ = "liveness_log"
 
     seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     carried: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    bucket: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     execution_ids: Mapped[list[str]] = mapped_column(ARRAY(String))
     newest: Mapped[list[datetime]] = mapped_column(ARRAY(DateTime(timezone=True)))
 

@@ -171,17 +171,28 @@ _COUNT_SLICE = 'SELECT count(*) FROM "{name}"'
 # Whether a slice holds anything (an empty one needs no partition for its month).
 _ANY_IN_SLICE = 'SELECT 1 FROM "{name}" LIMIT 1'
 
-# One JSON parameter (see `insert_pending`), one row per batch.
-_LOG_LIVENESS = text("""
-INSERT INTO liveness_log (execution_ids, newest)
-SELECT array_agg(x ORDER BY x), array_agg(timestamptz 'epoch' + ms * interval '1 millisecond'
-                                          ORDER BY x)
+# The liveness log's rows are per bucket of executions (a hash of the id): a pass drains,
+# writes and commits one bucket at a time, so the row locks it holds while writing are a
+# bucket's, and an ingest batch locking an execution (a lifecycle event) waits at most for
+# those. Every execution is always in the same bucket, so a pass still reads each one once.
+LIVENESS_BUCKETS = 8
+
+# One JSON parameter (see `_sample_rows`), one row per bucket a batch touches.
+_LOG_LIVENESS = text(f"""
+INSERT INTO liveness_log (bucket, execution_ids, newest)
+SELECT hashtext(x) & {LIVENESS_BUCKETS - 1}, array_agg(x ORDER BY x),
+       array_agg(timestamptz 'epoch' + ms * interval '1 millisecond' ORDER BY x)
 FROM json_to_recordset(CAST(:rows AS json)) AS u(x text, ms bigint)
+GROUP BY 1
 """)
 
-# One statement, one round trip: drain a chunk of the log (oldest first; its entries locked
-# in seq order first, so two passes draining at once, the liveness job's and the settle's,
-# wait for each other instead of deadlocking on the entries they delete), take each
+# The buckets with something to drain (any bucket ever written, whatever `LIVENESS_BUCKETS`
+# was then: nothing is left behind by a change of it).
+_LIVENESS_BUCKETS_PENDING = text("SELECT DISTINCT bucket FROM liveness_log ORDER BY bucket")
+
+# One statement, one round trip: drain a chunk of one bucket of the log (oldest first; its
+# entries locked in seq order first, so two passes draining at once, the liveness job's and
+# the settle's, wait for each other instead of deadlocking on the entries they delete), take each
 # execution's newest time and whether it came only from entries a pass put back (nothing new
 # arrived for it since), write what must be written, put back the rest. Rows are locked in
 # id order (the order ingest and the sweeps use), so a pass and an ingest wait for each other
@@ -189,7 +200,8 @@ FROM json_to_recordset(CAST(:rows AS json)) AS u(x text, ms bigint)
 _LIVENESS = text("""
 WITH drained AS (
     DELETE FROM liveness_log
-    WHERE seq IN (SELECT seq FROM liveness_log ORDER BY seq LIMIT :limit FOR UPDATE)
+    WHERE seq IN (SELECT seq FROM liveness_log WHERE bucket = :bucket
+                  ORDER BY seq LIMIT :limit FOR UPDATE)
     RETURNING carried, execution_ids, newest
 ), n AS (
     SELECT u.execution_id, max(u.newest) AS newest, bool_and(d.carried) AS quiet
@@ -225,8 +237,8 @@ WITH drained AS (
     WHERE s.last_event_at < s.newest
       AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.execution_id = s.execution_id)
 ), put_back AS (
-    INSERT INTO liveness_log (carried, execution_ids, newest)
-    SELECT true, array_agg(execution_id ORDER BY execution_id),
+    INSERT INTO liveness_log (carried, bucket, execution_ids, newest)
+    SELECT true, :bucket, array_agg(execution_id ORDER BY execution_id),
            array_agg(newest ORDER BY execution_id)
     FROM carry HAVING count(*) > 0
 ), reopen AS (
@@ -239,7 +251,7 @@ SELECT (SELECT count(*) FROM drained), (SELECT count(*) FROM updated),
        (SELECT array_agg(newest ORDER BY execution_id) FROM reopen)
 """)
 
-# The whole log in one chunk when it is as usual (one row per batch since the last pass).
+# A whole bucket in one chunk when it is as usual (a row per batch since the last pass).
 LIVENESS_CHUNK = 500
 
 
@@ -427,9 +439,9 @@ def fold_slice(
 
 
 def log_liveness(session: Session, newest_ms: dict[str, int]) -> None:
-    """Record a batch's newest sample time (ms) per execution for the liveness pass: one row
-    per batch, so a sample costs the pass nothing until it is read, and the pass reads only
-    what arrived since it last ran."""
+    """Record a batch's newest sample time (ms) per execution for the liveness pass: a row
+    per bucket per batch, so a sample costs the pass nothing until it is read, and the pass
+    reads only what arrived since it last ran."""
     if newest_ms:
         session.execute(_LOG_LIVENESS, {"rows": _liveness_rows(newest_ms)})
 
@@ -441,13 +453,18 @@ class LivenessPass:
     carried: int  # executions put back for a later pass
 
 
+def liveness_buckets(session: Session) -> list[int]:
+    """The buckets of the liveness log that hold entries, in order."""
+    return [int(r[0]) for r in session.execute(_LIVENESS_BUCKETS_PENDING)]
+
+
 def refresh_liveness(
     session: Session, now: datetime, stale_after: timedelta, step: timedelta | None,
-    limit: int = LIVENESS_CHUNK,
+    limit: int = LIVENESS_CHUNK, bucket: int = 0,
 ) -> LivenessPass:
-    """Carry the newest sample of each execution logged since the last pass into
+    """Carry the newest sample of each execution of `bucket` logged since the last pass into
     `executions.last_event_at` (newer wins), reopening executions that had been settled at
-    an older inferred end. One chunk of the log; `drained < limit` means it is empty now.
+    an older inferred end. One chunk of the bucket; `drained < limit` means it is empty now.
 
     `step` None writes every newest time. Otherwise an execution that is still sending is
     written only once its newest is `step` past what is stored (its figures do not depend on
@@ -456,7 +473,7 @@ def refresh_liveness(
     So `last_event_at` is exact for every execution that went quiet a pass ago."""
     margin = step if step is not None else timedelta(0)
     drained, written, carried, reopen_ids, reopen_newest = session.execute(_LIVENESS, {
-        "limit": limit, "exact": step is None, "step": margin,
+        "limit": limit, "exact": step is None, "step": margin, "bucket": bucket,
         "near_stale": now - stale_after + 2 * margin,
     }).one()
     if reopen_ids:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from metering.core.clock import utc_now
 from metering.db import transaction
 from metering.executions import jobs as execution_jobs
 from metering.ingest import jobs
+from metering.ingest import repository as ingest_repo
 from metering.ingest import service as ingest
 from metering.usage.bulk import usage_totals
 from tests.conftest import Keys, event
@@ -128,3 +131,45 @@ def test_settled_usage_is_the_same_before_and_after_its_deltas_are_folded(
         rolled = session.execute(text("SELECT sum(vcpu_ms) FROM usage_rollups")).scalar_one()
     assert rolled == (2 * 60 * 60 + 10 * 60 + 3 * 10 * 60) * 1000
     assert execution_jobs.fold_rollup_deltas(sessions) == 0  # nothing twice
+
+
+def test_a_pass_holds_one_bucket_of_executions_at_a_time_so_ingest_of_others_goes_on(
+    sessions: sessionmaker[Session],
+) -> None:
+    now = utc_now().replace(microsecond=0)
+    t0 = now - timedelta(seconds=30)
+    names = [f"exe_{i}" for i in range(40)]
+    send(sessions, [event("created", execution=x, sandbox=f"sbx_{x}", time=iso(t0), vcpu=1,
+                          memory_mib=512) for x in names])
+    send(sessions, [s for x in names for s in samples(x, [t0 + timedelta(seconds=5)])])
+    with transaction(sessions) as session:
+        bucket_of = dict(session.execute(text(
+            "SELECT x, hashtext(x) & :mask FROM unnest(CAST(:xs AS text[])) AS u(x)"),
+            {"xs": names, "mask": ingest_repo.LIVENESS_BUCKETS - 1}).all())
+        assert set(ingest_repo.liveness_buckets(session)) == set(bucket_of.values())
+    first = bucket_of["exe_0"]
+    same = next(x for x in names[1:] if bucket_of[x] == first)
+    other = next(x for x in names if bucket_of[x] != first)
+
+    def kill(execution: str) -> None:
+        with transaction(sessions) as session:
+            session.execute(text("SET LOCAL lock_timeout = '300ms'"))
+            result = ingest.ingest(session, [event(
+                "killed", execution=execution, sandbox=f"sbx_{execution}",
+                time=iso(t0 + timedelta(seconds=6)), reason="request")], utc_now(), 300)
+            assert result.accepted == 1
+
+    with transaction(sessions) as pass_session:
+        # One bucket's pass, written and not committed yet: its rows stay locked till then.
+        done = ingest_repo.refresh_liveness(pass_session, utc_now(), timedelta(seconds=60),
+                                            None, bucket=first)
+        assert done.written == sum(1 for b in bucket_of.values() if b == first)
+        kill(other)  # another bucket's execution: stored at once
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            kill(same)  # this bucket's: waits for the pass's commit
+    kill(same)
+    jobs.refresh_liveness(sessions, 60, None)
+    for x in names:
+        assert last_event_at(sessions, x) >= t0 + timedelta(seconds=5)
+    with transaction(sessions) as session:
+        assert session.execute(text("SELECT count(*) FROM liveness_log")).scalar_one() == 0
