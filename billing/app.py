@@ -172,9 +172,14 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], responses={
-        503: error_response("`not_ready`: the database is unreachable or not migrated")})
+        503: error_response("`not_ready`: the database is unreachable or not migrated, or "
+                            "the helper processes are starting")})
     def readyz() -> JSONResponse:
-        """The database answers and its schema is at the newest migration."""
+        """The database answers, its schema is at the newest migration, and this process's
+        helper processes have started."""
+        for helpers in (app.state.long_reads, app.state.ingest_helpers):
+            if helpers is not None and not helpers.started():
+                return _error(503, "not_ready", f"{helpers.kind} helpers starting")
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))

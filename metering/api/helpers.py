@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -137,6 +137,7 @@ class Helpers:
         self._pool_spec = pool
         self._setup = setup
         self._pool: ProcessPoolExecutor | None = None
+        self._starting: list[Future[None]] = []
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -173,8 +174,12 @@ class Helpers:
         """Start the helpers now rather than on the first call (which would wait about a
         second for a helper's imports)."""
         pool = self._executor()
-        for _ in range(self._workers):
-            pool.submit(_ready)
+        self._starting = [pool.submit(_ready) for _ in range(self._workers)]
+
+    def started(self) -> bool:
+        """Whether every helper `start` began has finished its imports and set-up (until
+        then a batch would wait for one, and Ctrl-C would interrupt its imports)."""
+        return all(f.done() and f.exception() is None for f in self._starting)
 
     def close(self) -> None:
         """Stop the helpers: calls under way finish, the queued ones are cancelled, and the

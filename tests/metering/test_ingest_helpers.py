@@ -18,6 +18,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -277,5 +278,26 @@ def test_ingest_helpers_are_stopped_with_the_app(database_url: str) -> None:
         pids = ingest.pids()
         assert len(pids) == 1
     assert ingest.pids() == []
+    app.state.engine.dispose()
+    app.state.read_engine.dispose()
+
+
+def test_the_service_is_ready_once_its_helpers_have_started(
+    database_url: str, engine: Engine,
+) -> None:
+    """Until a helper has imported and set itself up, a batch would wait for it (about a
+    second) and a Ctrl-C would interrupt its imports: `/readyz` answers 503 until then."""
+    app = make_app(database_url, ingest_helpers=1)
+    ingest: IngestHelpers = app.state.ingest_helpers
+    with TestClient(app) as client:
+        ingest.start()
+        starting = client.get("/readyz")
+        assert starting.status_code == 503
+        assert "ingest helpers starting" in starting.json()["error"]["message"]
+        deadline = time.monotonic() + 60
+        while not ingest.started() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
     app.state.engine.dispose()
     app.state.read_engine.dispose()
