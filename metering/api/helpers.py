@@ -177,9 +177,11 @@ class Helpers:
         self._starting = [pool.submit(_ready) for _ in range(self._workers)]
 
     def started(self) -> bool:
-        """Whether every helper `start` began has finished its imports and set-up (until
-        then a batch would wait for one, and Ctrl-C would interrupt its imports)."""
-        return all(f.done() and f.exception() is None for f in self._starting)
+        """Whether every helper `start` began is past its imports and set-up (until then a
+        batch would wait for one, and Ctrl-C would interrupt its imports). A helper that
+        died starting counts as past them: its error is logged, and the next call starts
+        another."""
+        return all(f.done() for f in self._starting)
 
     def close(self) -> None:
         """Stop the helpers: calls under way finish, the queued ones are cancelled, and the
