@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
-import psycopg
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from metering.core.clock import month_start
 from metering.core.events import SandboxEvent
-from metering.db import driver, driver_sql, first_error
+from metering.db import pipeline
 from metering.executions.repository import reopen_if_newer
 from metering.ingest.slices import slice_name
 
@@ -277,26 +277,23 @@ def store_new_samples(
 ) -> bool:
     """Store samples none of which was stored before (the usual batch), with the batch's
     liveness row (`log_liveness`), in one round trip: savepoint, plain insert, release and
-    the log row are pipelined. False when a key was stored before: nothing of it stayed (the
-    savepoint is rolled back) and the caller takes the exact path (`insert_pending`)."""
+    the log row are pipelined (`metering.db.pipeline`). False when a key was stored before:
+    nothing of it stayed (the savepoint is rolled back) and the caller takes the exact path
+    (`insert_pending`)."""
     if not events:
         return True
-    with driver(session) as raw:
-        try:
-            # Not prepared (see `metering.db.pipeline`): a stored key aborts the pipeline.
-            with raw.pipeline():
-                raw.execute(_SAVEPOINT, prepare=False)
-                raw.execute(driver_sql(_INSERT_PENDING_FAST), {"rows": _sample_rows(events)},
-                            prepare=False)
-                raw.execute(_RELEASE, prepare=False)
-                if newest_ms:
-                    raw.execute(driver_sql(_LOG_LIVENESS), {"rows": _liveness_rows(newest_ms)},
-                                prepare=False)
-        except psycopg.Error as exc:
-            if not isinstance(first_error(exc), psycopg.errors.UniqueViolation):
-                raise
-            raw.execute(_ROLLBACK_TO, prepare=False)
-            return False
+    statements: list[tuple[TextClause | str, Mapping[str, Any]]] = [
+        (_SAVEPOINT, {}), (_INSERT_PENDING_FAST, {"rows": _sample_rows(events)}),
+        (_RELEASE, {})]
+    if newest_ms:
+        statements.append((_LOG_LIVENESS, {"rows": _liveness_rows(newest_ms)}))
+    try:
+        pipeline(session, statements)
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+            raise
+        session.execute(text(_ROLLBACK_TO))
+        return False
     return True
 
 

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from metering import db
 from metering.ingest import repository
 from metering.usage.repository import ROLLUPS
 from tests.conftest import Keys, event
@@ -187,14 +188,14 @@ def test_a_stored_sample_is_a_duplicate_whenever_the_database_says_so(
     sample = event("host_stats", time=iso(T0 + timedelta(seconds=1)), cpu_pct=5, id="s1")
     created = event("created", time=iso(T0), vcpu=1, memory_mib=512, id="c1")
     assert post(client, api_keys.ingest, [created, sample])["accepted"] == 2
-    real = repository.driver_sql
+    real = db.driver_sql
 
     def after_a_pause(statement: Any) -> str:
         if statement is repository._LOG_LIVENESS:
             time.sleep(0.2)  # the refusal of the insert is in before the next statement goes
         return real(statement)
 
-    monkeypatch.setattr(repository, "driver_sql", after_a_pause)
+    monkeypatch.setattr(db, "driver_sql", after_a_pause)
     fresh = event("host_stats", time=iso(T0 + timedelta(seconds=2)), cpu_pct=6, id="s2")
     body = post(client, api_keys.ingest, [sample, fresh])
     assert body == {"accepted": 1, "duplicates": 1, "rejected": 0, "errors": []}
