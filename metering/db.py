@@ -93,10 +93,33 @@ def pipeline(
     the connection fails ("prepared statement does not exist"; psycopg 3.3)."""
     if not statements:
         return []
-    with driver(session) as raw, raw.pipeline():
+    with driver(session) as raw, pipelined(raw):
         cursors = [raw.execute(driver_sql(sql), params, prepare=False)
                    for sql, params in statements]
     return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
+
+
+@contextmanager
+def pipelined(raw: psycopg.Connection[Any]) -> Iterator[None]:
+    """`raw.pipeline()`, raising only the failure that says what went wrong.
+
+    A statement's failure can arrive while later statements are still being sent; leaving
+    the pipeline then fails as well ("pipeline aborted", for the statements skipped), and
+    psycopg logs that second failure as a warning. A stored sample in a resent batch ends
+    the fast path this way, an everyday event that must not read as a fault in the logs.
+    Here the first failure is kept, the second dropped, and nothing is logged."""
+    failed: psycopg.Error | None = None
+    try:
+        with raw.pipeline():
+            try:
+                yield
+            except psycopg.Error as exc:
+                failed = exc
+    except psycopg.Error:
+        if failed is None:
+            raise
+    if failed is not None:
+        raise failed
 
 
 def first_error(exc: psycopg.Error) -> psycopg.Error:
@@ -200,7 +223,7 @@ def commit_with(session: Session, statement: TextClause | str, params: Mapping[s
     `durable=False`: the commit returns once its work is visible to every other transaction,
     without waiting for its WAL to be flushed (a database crash can lose it; a crash of this
     process cannot)."""
-    with driver(session) as raw, raw.pipeline():
+    with driver(session) as raw, pipelined(raw):
         if not durable:
             raw.execute(NO_FLUSH_WAIT, prepare=False)
         raw.execute(driver_sql(statement), params, prepare=False)

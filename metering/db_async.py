@@ -67,11 +67,29 @@ def pool_for_loop(state: Any) -> AsyncConnectionPool | None:
     return _pools(state).get(id(asyncio.get_running_loop()))
 
 
+@asynccontextmanager
+async def pipelined(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """`metering.db.pipelined` for the event loop's connection: the first failure raised,
+    psycopg's "pipeline aborted" warning for the statements it skipped never logged."""
+    failed: psycopg.Error | None = None
+    try:
+        async with conn.pipeline():
+            try:
+                yield
+            except psycopg.Error as exc:
+                failed = exc
+    except psycopg.Error:
+        if failed is None:
+            raise
+    if failed is not None:
+        raise failed
+
+
 async def commit_with(conn: psycopg.AsyncConnection[Any], statement: str,
                       params: Mapping[str, Any], *, durable: bool = True) -> None:
     """`metering.db.commit_with` on the event loop's connection: the last statement and the
     COMMIT of the unit of work `connection` opened, in one round trip."""
-    async with conn.pipeline():
+    async with pipelined(conn):
         if not durable:
             await conn.execute(NO_FLUSH_WAIT, prepare=False)
         await conn.execute(statement, params, prepare=False)

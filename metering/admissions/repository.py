@@ -17,7 +17,8 @@ from psycopg.rows import TupleRow
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from metering.db import driver
+from metering.db import driver, pipelined
+from metering.db_async import pipelined as pipelined_async
 from metering.plugins import Prefetch, TeamRead
 from metering.usage import running
 
@@ -113,7 +114,7 @@ def prefetch(
     The statements of a pipeline run one after another, each with a snapshot of its own, so
     the reads after the lock see every admission of the team that committed before it."""
     params = _params(digest, team_id, sandbox_id, now, stale)
-    with driver(session) as raw, raw.pipeline():
+    with driver(session) as raw, pipelined(raw):
         key = raw.execute(_KEY, params, prepare=False)
         raw.execute(_LOCK, params, prepare=False)
         lease = raw.execute(_LIVE_LEASE, params, prepare=False)
@@ -130,7 +131,7 @@ async def prefetch_async(
 ) -> Prefetched:
     """`prefetch` on the event loop's connection: the same statements, the same round trip."""
     params = _params(digest, team_id, sandbox_id, now, stale)
-    async with conn.pipeline():
+    async with pipelined_async(conn):
         key = await conn.execute(_KEY, params, prepare=False)
         await conn.execute(_LOCK, params, prepare=False)
         lease = await conn.execute(_LIVE_LEASE, params, prepare=False)

@@ -5,7 +5,9 @@ real path of `POST /v1/events` (key, validation, store, commit)."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -20,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from metering import known
 from metering.config import Settings
-from metering.db import make_engine, make_sessionmaker
+from metering.db import driver, make_engine, make_sessionmaker, pipelined
 from metering.ingest.endpoints import _ingest
 from tests.conftest import Keys, event
 
@@ -146,3 +148,23 @@ def test_batches_holding_stored_samples_keep_being_answered_on_one_connection(
         assert answer == {"accepted": 20, "duplicates": len(resent), "rejected": 0,
                           "errors": []}
         before = fresh
+
+
+
+def test_a_failure_arriving_while_a_pipeline_still_sends_is_raised_alone_and_not_logged(
+    sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A resent batch's stored sample can fail the fast path's insert while the statements
+    after it are still going out (under load the failure comes back early). That everyday
+    event must raise its own error, on which the caller takes the exact path, and leave
+    nothing in the logs, where psycopg would warn that the pipeline was aborted."""
+    caplog.set_level(logging.DEBUG, logger="psycopg")
+    with sessions() as session, driver(session) as raw:
+        with pytest.raises(psycopg.errors.DivisionByZero), pipelined(raw):
+            raw.execute("SELECT 1 / 0", prepare=False)
+            raw.pgconn.send_flush_request()  # the server answers it now, not at the end
+            raw.pgconn.flush()
+            time.sleep(0.2)
+            raw.execute("SELECT 2", prepare=False)  # finds the failure while being sent
+        assert not raw.broken  # the transaction failed, the connection did not
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
