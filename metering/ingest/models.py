@@ -64,8 +64,10 @@ class LifecycleEventRow(Base):
 class PendingSample(Base):
     __tablename__ = "host_stats_pending"
     # Partitioned by minute (`metering.ingest.slices`): a folded minute leaves whole. The key
-    # holds the time, as a partition key must; a retry carries the same time.
-    __table_args__ = (PrimaryKeyConstraint("source", "id", "time"),
+    # holds the time, as a partition key must; a retry carries the same time. The time comes
+    # first: what arrives now is inserted at the index's newest edge, not all over it
+    # (migration 0017).
+    __table_args__ = (PrimaryKeyConstraint("time", "source", "id"),
                       # A sandbox's metrics read its own pending samples, not all of them
                       # (a few minutes of them: the time adds nothing; without it each
                       # execution's entries share one deduplicated posting list).
