@@ -274,7 +274,11 @@ WITH ex AS (
            coalesce(p.cpu_centipct, 0), p.cpu_centipct,
            CAST(p.memory_used_mib IS NOT NULL AS int), coalesce(p.memory_used_mib, 0),
            p.memory_used_mib
-    FROM host_stats_pending p JOIN ex USING (execution_id)
+    -- Fenced (OFFSET 0): the execution's pending samples (a few minutes of them) are looked
+    -- up by execution, then clipped to the window. With the window inside, PostgreSQL may
+    -- walk the time-first key of the slice being filled (no statistics yet) and filter every
+    -- sample in it: 64 ms a read under load, measured, against 6.
+    FROM (SELECT p.* FROM host_stats_pending p JOIN ex USING (execution_id) OFFSET 0) AS p
     WHERE p.time >= date_trunc('minute', CAST(:start AS timestamptz)) AND p.time < :end
 )
 SELECT minute, sum(samples), sum(cpu_samples), sum(cpu_sum), max(cpu_max),
