@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -103,12 +104,25 @@ def refresh_liveness_paced(sessions: sessionmaker[Session], stale_after_s: int =
 SLICES_BEYOND = timedelta(minutes=5)
 
 
-def fold_samples(sessions: sessionmaker[Session], future_tolerance_s: int = 300) -> int:
+# The scheduler folds a minute slice in this many parts (by a hash of the execution), this
+# long apart, within one transaction: the fold's CPU comes as several short bursts instead of
+# one of 1-2.5 s, which the event batches waited behind (see docs/scaling.md, "The fold of a
+# minute slice in parts").
+SLICE_FOLD_PARTS = 4
+SLICE_FOLD_PAUSE_S = 1.0  # float-ok: seconds
+
+
+def fold_samples(sessions: sessionmaker[Session], future_tolerance_s: int = 300,
+                 parts: int = 1, pause: Callable[[], None] | None = None) -> int:
     """Fold pending samples older than three minutes into minute rows: each minute slice past
     the watermark whole (then dropped), then the default partition's samples past it. Never
     folds fresher samples: ingest relies on it. Makes the slices ahead first. (Liveness does
     not read the pending table: the fold loses no newest-event time, see
     `ingest_repo.log_liveness`.)
+
+    The newest slice due is folded in `parts` statements (a power of two), `pause` called
+    between them, all in the slice's one transaction: nothing outside sees a slice half
+    folded, and a failure folds nothing of it.
 
     Samples of months before the retention horizon are discarded (counted and logged): their
     partition was dropped on purpose. They still served liveness before the fold."""
@@ -119,12 +133,20 @@ def fold_samples(sessions: sessionmaker[Session], future_tolerance_s: int = 300)
         slices.ensure_ahead(session, now, lead, lead + SLICES_BEYOND)
         due = slices.due(session, watermark)
     moved_total = discarded_total = 0
-    for start in due:
+    for index, start in enumerate(due):
+        # Behind (after a pause of the service), the older slices are folded whole and
+        # without pauses, so the fold catches up within one run.
+        spread = parts if index == len(due) - 1 else 1
         with transaction(sessions) as session:
-            batch = _fold_batch(session, watermark, start)
+            ingest_repo.lock_fold(session)
+            slices.lock_for_fold(session, start)
+            for part in range(spread):
+                if part and pause is not None:
+                    pause()
+                batch = _fold_batch(session, watermark, start, part, spread)
+                moved_total += batch.moved
+                discarded_total += batch.discarded
             slices.drop_or_empty(session, start)
-        moved_total += batch.moved
-        discarded_total += batch.discarded
     while True:
         with transaction(sessions) as session:
             batch = _fold_batch(session, watermark)
@@ -140,16 +162,19 @@ def fold_samples(sessions: sessionmaker[Session], future_tolerance_s: int = 300)
     return moved_total
 
 
+def _pause_between_parts() -> None:
+    time.sleep(SLICE_FOLD_PAUSE_S)
+
+
 def _fold_batch(
     session: Session, watermark: datetime, slice_start: datetime | None = None,
+    part: int = 0, parts: int = 1,
 ) -> ingest_repo.FoldBatch:
-    """One batch under the fold lock (a whole slice, or from the default partition), making
-    the partitions it needs first. The hot path is one statement: the months known to have a
-    partition are a process-wide memory, and the statement answers the months it lacks
+    """One batch under the fold lock (a part of a slice, or from the default partition),
+    making the partitions it needs first. The hot path is one statement: the months known to
+    have a partition are a process-wide memory, and the statement answers the months it lacks
     instead of failing on them."""
-    ingest_repo.lock_fold(session)
-    if slice_start is not None:
-        slices.lock_for_fold(session, slice_start)
+    ingest_repo.lock_fold(session)  # held already for a slice: taken again, at no cost
     kept_from = partitions.kept_from(session)
     months = set(partitions.known_partitions.months(session))
     for _ in range(4):  # at worst: stale memory, then missing months, then the batch
@@ -158,7 +183,7 @@ def _fold_batch(
                                      partitions=partitions.as_multirange(months))
         else:
             batch = ingest_repo.fold_slice(session, slice_start, kept_from=kept_from,
-                                           months=months)
+                                           months=months, part=part, parts=parts)
         if batch.partitions_stale:  # dropped by someone else: ask the catalog again
             partitions.known_partitions.forget()
             months = set(partitions.attached_months(session))
@@ -187,6 +212,7 @@ def schedule(sessions: sessionmaker[Session], settings: Settings) -> list[JobEnt
         JobEntry("refresh_liveness", max(settings.fold_interval_s, 1.0),
                  lambda: refresh_liveness_paced(sessions, settings.stale_after_s)),
         JobEntry("fold_samples", settings.fold_interval_s * 6,
-                 lambda: fold_samples(sessions, settings.future_tolerance_s)),
+                 lambda: fold_samples(sessions, settings.future_tolerance_s,
+                                      SLICE_FOLD_PARTS, _pause_between_parts)),
         JobEntry("sample_partitions", 3600.0, lambda: maintain_sample_partitions(sessions)),
     ]

@@ -151,7 +151,7 @@ WITH agg AS (
            count(memory_used_mib) AS mem_samples, coalesce(sum(memory_used_mib), 0) AS mem_sum,
            max(memory_used_mib) AS mem_max,
            max(time) AS last_at, array_agg(tag) AS tags
-    FROM "{name}" GROUP BY execution_id
+    FROM "{name}"{part} GROUP BY execution_id
 ), upserted AS (
     INSERT INTO sample_minutes AS m
         (execution_id, minute, team_id, sandbox_id, samples, cpu_samples, cpu_sum, cpu_max,
@@ -167,9 +167,20 @@ SELECT coalesce(sum(samples), 0) FROM agg
 # at 31,000 running); beyond it PostgreSQL spills to disk, slower but the same answer.
 FOLD_WORK_MEM = "128MB"
 # A slice of a month before the horizon: its samples are counted, then emptied with it.
-_COUNT_SLICE = 'SELECT count(*) FROM "{name}"'
+_COUNT_SLICE = 'SELECT count(*) FROM "{name}"{part}'
 # Whether a slice holds anything (an empty one needs no partition for its month).
-_ANY_IN_SLICE = 'SELECT 1 FROM "{name}" LIMIT 1'
+_ANY_IN_SLICE = 'SELECT 1 FROM "{name}"{part} LIMIT 1'
+# One of `parts` parts of a slice, by a hash of the execution: every sample of an execution
+# is in one part, so each part's minute rows are whole and no two parts write the same row.
+_SLICE_PART = " WHERE hashtext(execution_id) & {mask} = {part}"
+
+
+def _slice_part(part: int, parts: int) -> str:
+    if parts == 1:
+        return ""
+    if parts < 1 or parts & (parts - 1) or not 0 <= part < parts:
+        raise ValueError(f"part {part} of {parts}: parts must be a power of two above it")
+    return _SLICE_PART.format(mask=parts - 1, part=part)
 
 # The liveness log's rows are per bucket of executions (a hash of the id): a pass drains,
 # writes and commits one bucket at a time, so the row locks it holds while writing are a
@@ -405,24 +416,26 @@ def fold(
 
 def fold_slice(
     session: Session, minute: datetime, *, kept_from: datetime | None,
-    months: frozenset[datetime] | set[datetime],
+    months: frozenset[datetime] | set[datetime], part: int = 0, parts: int = 1,
 ) -> FoldBatch:
-    """Move every sample of the minute slice of `minute` into minute rows; its
-    samples are discarded when its month is before `kept_from`, and `missing` names its
-    month when `months` (the months with a partition) lacks it. The caller holds the fold
-    lock and the slice SHARE locked (no writer), and empties the slice after, in the same
+    """Move every sample of the minute slice of `minute` (of its part `part` of `parts`, a
+    power of two, by a hash of the execution) into minute rows; its samples are discarded
+    when its month is before `kept_from`, and `missing` names its month when `months` (the
+    months with a partition) lacks it. The caller holds the fold lock and the slice SHARE
+    locked (no writer), folds every part, and empties the slice after, all in the same
     transaction."""
     name = slice_name(minute)
     month = month_start(minute)
+    where = _slice_part(part, parts)
     if kept_from is not None and month < kept_from:
-        count = session.execute(text(_COUNT_SLICE.format(name=name))).scalar_one()
+        count = session.execute(text(_COUNT_SLICE.format(name=name, part=where))).scalar_one()
         return FoldBatch(int(count), int(count))
     if month not in months:
-        if session.execute(text(_ANY_IN_SLICE.format(name=name))).first() is None:
+        if session.execute(text(_ANY_IN_SLICE.format(name=name, part=where))).first() is None:
             return FoldBatch(0, 0)
         return FoldBatch(0, 0, missing=(month,))
     session.execute(text("SELECT set_config('work_mem', :m, true)"), {"m": FOLD_WORK_MEM})
-    statement = text(_FOLD_SLICE_SQL.format(name=name, upsert=_UPSERT_MINUTES))
+    statement = text(_FOLD_SLICE_SQL.format(name=name, part=where, upsert=_UPSERT_MINUTES))
     savepoint = session.begin_nested()
     try:
         moved = session.execute(statement, {"minute": minute}).scalar_one()

@@ -82,3 +82,62 @@ def test_a_minute_is_folded_whole_its_slice_dropped_and_late_samples_count_once(
     assert one(sessions, "SELECT count(*) FROM host_stats_pending") == 0
     assert send(sessions, [late]) == (0, 1)
     clock.set_offset(timedelta(0))
+
+
+def test_a_slice_folded_in_parts_gives_the_minute_rows_of_a_whole_fold_and_none_sees_it_half(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The scheduler folds a slice in parts (by a hash of the execution) with pauses between
+    them, in one transaction: every execution's minute row is what folding the slice at once
+    gives, and until the transaction ends a reader sees the samples pending and no minute
+    row, never part of a minute twice or not at all."""
+    with transaction(sessions) as session:
+        before = set(slices.attached(session))
+    clock.set_offset(timedelta(minutes=22))
+    jobs.fold_samples(sessions)  # slices made ahead, past every minute made before
+    clock.set_offset(timedelta(minutes=30))
+    minute = slices.minute_floor(utc_now() - timedelta(seconds=30))
+    name = slices.slice_name(minute)
+    with transaction(sessions) as session:
+        assert minute in set(slices.attached(session)) - before
+    executions = [f"exe_part_{i}" for i in range(16)]
+    batch = []
+    for i, execution in enumerate(executions):
+        batch.append(event("created", execution=execution, sandbox=f"sbx_{i}",
+                           time=iso(minute), vcpu=1, memory_mib=512))
+        batch += [event("host_stats", execution=execution, sandbox=f"sbx_{i}",
+                        time=iso(minute + timedelta(seconds=s)), cpu_pct=i + s / 10,
+                        memory_used_mib=100 + s, id=f"{execution}-s{s}")
+                  for s in range(0, 60, 7)]
+    assert send(sessions, batch) == (len(batch), 0)
+    parts_hit = one(sessions, f'SELECT count(DISTINCT hashtext(execution_id) & 3) FROM "{name}"')
+    assert parts_hit == 4  # the executions fall in every part
+
+    per_execution = (
+        "SELECT execution_id, count(*), sum(cpu_centipct), max(cpu_centipct), "
+        "sum(memory_used_mib), max(memory_used_mib), max(time), "
+        "ARRAY(SELECT unnest(array_agg(tag)) ORDER BY 1) FROM {} GROUP BY 1 ORDER BY 1")
+    with transaction(sessions) as session:
+        pending = [tuple(r) for r in session.execute(text(per_execution.format(f'"{name}"')))]
+    assert len(pending) == len(executions)
+
+    seen_between: list[tuple[object, object]] = []
+
+    def between_parts() -> None:  # another connection, while the fold's transaction is open
+        seen_between.append((
+            one(sessions, "SELECT count(*) FROM sample_minutes WHERE minute = :m", m=minute),
+            one(sessions, f'SELECT count(*) FROM "{name}"')))
+
+    # The newest slice due is the one spread (older ones are folded whole): this minute's.
+    clock.set_offset(minute + timedelta(minutes=4, seconds=30) - datetime.now(UTC))
+    moved = jobs.fold_samples(sessions, parts=4, pause=between_parts)
+    assert moved == sum(row[1] for row in pending)
+    assert seen_between == [(0, moved)] * 3
+    assert one(sessions, "SELECT to_regclass(:n) IS NULL", n=name) is True
+    with transaction(sessions) as session:
+        folded = [tuple(r) for r in session.execute(text(
+            "SELECT execution_id, samples, cpu_sum, cpu_max, mem_sum, mem_max, last_at, "
+            "ARRAY(SELECT unnest(tags) ORDER BY 1) FROM sample_minutes WHERE minute = :m "
+            "ORDER BY 1"), {"m": minute})]
+    assert folded == pending
+    clock.set_offset(timedelta(0))
