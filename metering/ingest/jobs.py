@@ -174,7 +174,8 @@ def _fold_batch(
     making the partitions it needs first. The hot path is one statement: the months known to
     have a partition are a process-wide memory, and the statement answers the months it lacks
     instead of failing on them."""
-    ingest_repo.lock_fold(session)  # held already for a slice: taken again, at no cost
+    if slice_start is None:  # a slice's caller holds it already, and the slice's lock
+        ingest_repo.lock_fold(session)
     kept_from = partitions.kept_from(session)
     months = set(partitions.known_partitions.months(session))
     for _ in range(4):  # at worst: stale memory, then missing months, then the batch

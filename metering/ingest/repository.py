@@ -179,7 +179,8 @@ def _slice_part(part: int, parts: int) -> str:
     if parts == 1:
         return ""
     if parts < 1 or parts & (parts - 1) or not 0 <= part < parts:
-        raise ValueError(f"part {part} of {parts}: parts must be a power of two above it")
+        raise ValueError(f"part {part} of {parts}: parts must be a power of two, and the "
+                         "part one of 0 to parts - 1")
     return _SLICE_PART.format(mask=parts - 1, part=part)
 
 # The liveness log's rows are per bucket of executions (a hash of the id): a pass drains,
