@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
-from sqlalchemy import TextClause, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,10 +32,6 @@ SELECT s, i, x, timestamptz 'epoch' + ms * interval '1 millisecond', c, m, g
 FROM json_to_recordset(CAST(:rows AS json))
     AS u(s text, i text, x text, ms bigint, c int, m int, g bigint)
 """
-# Most batches hold nothing seen before: a plain insert costs about half of ON CONFLICT's
-# speculative insertion. When it hits a key already stored, the savepoint is rolled back
-# and the batch goes through the exact path instead.
-_INSERT_PENDING_FAST = text(_INSERT_PENDING_SQL)
 _SAVEPOINT = "SAVEPOINT new_samples"
 _RELEASE = "RELEASE SAVEPOINT new_samples"
 _ROLLBACK_TO = "ROLLBACK TO SAVEPOINT new_samples"
@@ -192,9 +187,30 @@ LIVENESS_BUCKETS = 8
 # One JSON parameter (see `_sample_rows`), one row per bucket a batch touches.
 _LOG_LIVENESS = text(f"""
 INSERT INTO liveness_log (bucket, execution_ids, newest)
-SELECT hashtext(x) & {LIVENESS_BUCKETS - 1}, array_agg(x ORDER BY x),
-       array_agg(timestamptz 'epoch' + ms * interval '1 millisecond' ORDER BY x)
+SELECT hashtext(x) & {LIVENESS_BUCKETS - 1}, array_agg(x),
+       array_agg(timestamptz 'epoch' + ms * interval '1 millisecond')
 FROM json_to_recordset(CAST(:rows AS json)) AS u(x text, ms bigint)
+GROUP BY 1
+""")
+
+# Most batches hold nothing seen before: a plain insert costs about half of ON CONFLICT's
+# speculative insertion. When it hits a key already stored, the savepoint is rolled back
+# and the batch goes through the exact path instead. The batch's liveness rows (see
+# `_LOG_LIVENESS`) come from the same parsed rows, in the same statement: the samples'
+# document is read once, and nothing is sent twice.
+_INSERT_PENDING_FAST = text(f"""
+WITH u AS MATERIALIZED (
+    SELECT s, i, x, timestamptz 'epoch' + ms * interval '1 millisecond' AS t, c, m, g
+    FROM json_to_recordset(CAST(:rows AS json))
+        AS u(s text, i text, x text, ms bigint, c int, m int, g bigint)
+), stored AS (
+    INSERT INTO host_stats_pending
+        (source, id, execution_id, time, cpu_centipct, memory_used_mib, tag)
+    SELECT s, i, x, t, c, m, g FROM u
+)
+INSERT INTO liveness_log (bucket, execution_ids, newest)
+SELECT hashtext(x) & {LIVENESS_BUCKETS - 1}, array_agg(x), array_agg(t)
+FROM (SELECT x, max(t) AS t FROM u GROUP BY x) AS n
 GROUP BY 1
 """)
 
@@ -284,23 +300,17 @@ def _liveness_rows(newest_ms: dict[str, int]) -> str:
     return orjson.dumps([{"x": x, "ms": ms} for x, ms in newest_ms.items()]).decode()
 
 
-def store_new_samples(
-    session: Session, events: Sequence[SandboxEvent], newest_ms: dict[str, int],
-) -> bool:
+def store_new_samples(session: Session, events: Sequence[SandboxEvent]) -> bool:
     """Store samples none of which was stored before (the usual batch), with the batch's
-    liveness row (`log_liveness`), in one round trip: savepoint, plain insert, release and
-    the log row are pipelined (`metering.db.pipeline`). False when a key was stored before:
-    nothing of it stayed (the savepoint is rolled back) and the caller takes the exact path
-    (`insert_pending`)."""
+    liveness rows (as `log_liveness` writes them, from the same statement), in one round
+    trip: savepoint, plain insert and release are pipelined (`metering.db.pipeline`). False
+    when a key was stored before: nothing of it stayed (the savepoint is rolled back) and the
+    caller takes the exact path (`insert_pending`)."""
     if not events:
         return True
-    statements: list[tuple[TextClause | str, Mapping[str, Any]]] = [
-        (_SAVEPOINT, {}), (_INSERT_PENDING_FAST, {"rows": _sample_rows(events)}),
-        (_RELEASE, {})]
-    if newest_ms:
-        statements.append((_LOG_LIVENESS, {"rows": _liveness_rows(newest_ms)}))
     try:
-        pipeline(session, statements)
+        pipeline(session, [(_SAVEPOINT, {}), (_INSERT_PENDING_FAST, {"rows": _sample_rows(events)}),
+                           (_RELEASE, {})])
     except IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
             raise

@@ -161,7 +161,7 @@ def _ingest_samples(
     # One key order for every batch: two batches sharing keys (a retry racing its original)
     # then wait on each other instead of deadlocking.
     to_insert = sorted(to_insert, key=lambda e: e.key)
-    if repo.store_new_samples(session, to_insert, _newest(to_insert)):
+    if repo.store_new_samples(session, to_insert):
         result.accepted += len(to_insert)
         return
     inserted = repo.insert_pending(session, to_insert)

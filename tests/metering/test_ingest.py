@@ -191,7 +191,7 @@ def test_a_stored_sample_is_a_duplicate_whenever_the_database_says_so(
     real = db.driver_sql
 
     def after_a_pause(statement: Any) -> str:
-        if statement is repository._LOG_LIVENESS:
+        if statement is repository._RELEASE:
             time.sleep(0.2)  # the refusal of the insert is in before the next statement goes
         return real(statement)
 
