@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from billing.stripe_sync import jobs as stripe_jobs
 from metering import observability
 from metering.admissions import jobs as admission_jobs
 from metering.config import Settings
+from metering.core.clock import utc_now
 from metering.enforcement import jobs as enforcement_jobs
 from metering.executions import jobs as execution_jobs
 from metering.ingest import jobs as ingest_jobs
@@ -112,9 +114,11 @@ def start_scheduler(sessions: sessionmaker[Session], settings: Settings) -> Back
         "default": ThreadPoolExecutor(10), ORCHESTRATOR_POOL: ThreadPoolExecutor(4),
     }, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     scheduler.add_listener(_count_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
-    for name, interval, job, orchestrator in job_table(sessions, settings):
+    started = utc_now()
+    for name, interval, job, orchestrator, offset in job_table(sessions, settings):
         nice = 0 if orchestrator else settings.jobs_nice
         scheduler.add_job(_guarded(name, job, nice), "interval", seconds=interval, id=name,
-                          name=name, executor=ORCHESTRATOR_POOL if orchestrator else "default")
+                          name=name, executor=ORCHESTRATOR_POOL if orchestrator else "default",
+                          start_date=started + timedelta(seconds=interval + offset))
     scheduler.start()
     return scheduler

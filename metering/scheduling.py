@@ -22,6 +22,9 @@ class JobEntry(NamedTuple):
     # CPU priority. Every other job runs at a lower one (`Settings.jobs_nice`), so when the
     # machine is saturated the jobs slow down before ingest and admissions do.
     orchestrator: bool = False
+    # The first run comes this long after the first interval: two jobs of one interval that
+    # share work (the liveness pass: its own job and the settle's) take turns, evenly apart.
+    offset_s: float = 0.0  # float-ok: a schedule
 
 
 # Tables emptied by DELETE every few seconds (the liveness log, the rollup deltas) are

@@ -23,7 +23,7 @@ def settle_stale(sessions: sessionmaker[Session], stale_after_s: int) -> int:
 
     The liveness log is drained first: every execution near going stale then has its exact
     newest event (see `metering.ingest.repository.refresh_liveness`), the end it settles at."""
-    ingest_jobs.refresh_liveness(sessions, stale_after_s, ingest_jobs.LIVENESS_STEP)
+    ingest_jobs.refresh_liveness_now(sessions, stale_after_s)
     now = from_ms(to_ms(utc_now()))
     total = 0
     while True:

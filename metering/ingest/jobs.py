@@ -9,6 +9,7 @@ what it drained from its log.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -78,13 +79,32 @@ class Pacer:
 
 _liveness_pacer = Pacer(duty=0.25)
 _liveness_vacuum = Every(VACUUM_EVERY)
+# One pass at a time in this process: the scheduler's own and the settle's.
+_liveness_pass = threading.Lock()
 
 
 def refresh_liveness_paced(sessions: sessionmaker[Session], stale_after_s: int = 60) -> int | None:
     """The scheduler's liveness refresh, `LIVENESS_STEP` apart for executions still sending:
-    skipped (None) while paced, see `Pacer`."""
-    if not _liveness_pacer.due():
+    skipped (None) while paced (see `Pacer`; the settle's passes count) or while the
+    settle's pass runs (it drains the same log)."""
+    if not _liveness_pass.acquire(blocking=False):
         return None
+    try:
+        if not _liveness_pacer.due():
+            return None
+        return _scheduled_pass(sessions, stale_after_s)
+    finally:
+        _liveness_pass.release()
+
+
+def refresh_liveness_now(sessions: sessionmaker[Session], stale_after_s: int = 60) -> int:
+    """A liveness pass now, after any pass of this process that is running: the settle's,
+    which must see every newest sample logged before it starts. Paced passes count it."""
+    with _liveness_pass:
+        return _scheduled_pass(sessions, stale_after_s)
+
+
+def _scheduled_pass(sessions: sessionmaker[Session], stale_after_s: int) -> int:
     started = time.monotonic()
     try:
         return refresh_liveness(sessions, stale_after_s, LIVENESS_STEP)
@@ -206,12 +226,14 @@ def maintain_sample_partitions(sessions: sessionmaker[Session]) -> list[datetime
 
 def schedule(sessions: sessionmaker[Session], settings: Settings) -> list[JobEntry]:
     return [
-        # Every fold interval (5 s): a pass reads each running execution once whatever it
-        # drains, so passes twice as often cost nearly twice as much (20 % of the database's
-        # time at 2.5 s in a 30-minute soak at 20,000 running), and 5 s is well inside the
-        # staleness window the pass serves.
-        JobEntry("refresh_liveness", max(settings.fold_interval_s, 1.0),
-                 lambda: refresh_liveness_paced(sessions, settings.stale_after_s)),
+        # A pass every fold interval (5 s), taking turns with the settle's (`settle_stale`,
+        # every other interval): a pass reads each running execution once whatever it
+        # drains, so two passes at each of the settle's beats cost half as much again (the
+        # log's drain was a quarter of the database's time at 25,000 running), and 5 s is
+        # well inside the staleness window the pass serves.
+        JobEntry("refresh_liveness", settings.fold_interval_s * 2,
+                 lambda: refresh_liveness_paced(sessions, settings.stale_after_s),
+                 offset_s=settings.fold_interval_s),
         JobEntry("fold_samples", settings.fold_interval_s * 6,
                  lambda: fold_samples(sessions, settings.future_tolerance_s,
                                       SLICE_FOLD_PARTS, _pause_between_parts)),
