@@ -3,6 +3,7 @@ scheduler's never runs beside the settle's (both would read every running execut
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -35,8 +36,8 @@ def test_the_liveness_job_and_the_settle_take_turns_a_beat_apart(
     turns = [name for _, name in runs]
     assert len(turns) >= 6
     assert turns[0] == "settle"  # first, at the end of its first interval
-    assert all(a != b for a, b in zip(turns, turns[1:], strict=False)), turns
-    gaps = [b[0] - a[0] for a, b in zip(runs, runs[1:], strict=False)]
+    assert all(a != b for a, b in itertools.pairwise(turns)), turns
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(runs)]
     assert min(gaps) > beat / 4, gaps  # a beat apart, never two at once
 
 
