@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -28,7 +28,6 @@ from billing.stripe_sync import jobs as stripe_jobs
 from metering import observability
 from metering.admissions import jobs as admission_jobs
 from metering.config import Settings
-from metering.core.clock import utc_now
 from metering.enforcement import jobs as enforcement_jobs
 from metering.executions import jobs as execution_jobs
 from metering.ingest import jobs as ingest_jobs
@@ -114,7 +113,9 @@ def start_scheduler(sessions: sessionmaker[Session], settings: Settings) -> Back
         "default": ThreadPoolExecutor(10), ORCHESTRATOR_POOL: ThreadPoolExecutor(4),
     }, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     scheduler.add_listener(_count_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
-    started = utc_now()
+    # Wall time, as the scheduler keeps it: its intervals are real seconds whatever clock
+    # `utc_now()` keeps (a simulation runs the product's clock faster).
+    started = datetime.now(UTC)
     for name, interval, job, orchestrator, offset in job_table(sessions, settings):
         nice = 0 if orchestrator else settings.jobs_nice
         scheduler.add_job(_guarded(name, job, nice), "interval", seconds=interval, id=name,
