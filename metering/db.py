@@ -197,16 +197,20 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T], *,
                     attempts: int = 1) -> T:
     """`work` as one unit of work (`transaction`), run again whole, up to `attempts` times in
-    all, when it lost a deadlock or a serialization conflict (nothing of it was committed)."""
+    all, when it lost a deadlock or a serialization conflict (nothing of it was committed) or
+    its connection (the pool drops it; the next attempt takes a new one). Only for work that
+    may run twice: a connection lost after the commit was sent may have committed it."""
     for attempt in range(1, attempts + 1):
         try:
             with transaction(factory) as session:
                 return work(session)
         except DBAPIError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None)
-            if sqlstate not in RETRYABLE_SQLSTATES or attempt == attempts:
+            lost = exc.connection_invalidated
+            if (sqlstate not in RETRYABLE_SQLSTATES and not lost) or attempt == attempts:
                 raise
-            log.info("transaction lost a conflict, run again", extra={"sqlstate": sqlstate})
+            log.info("transaction lost a conflict or its connection, run again",
+                     extra={"sqlstate": sqlstate, "connection_lost": lost})
     raise AssertionError("attempts must be at least 1")
 
 

@@ -101,7 +101,8 @@ ATTEMPTS = 3
 def _ingest(settings: Settings, sessions: sessionmaker[Session], token: str,
             batch: list[Any]) -> dict[str, Any]:
     """The whole unit of work: key, ingest, commit (durable before the answer). A transaction
-    that lost a deadlock is run again whole."""
+    that lost a deadlock or its connection is run again whole (ingest is idempotent: should
+    a lost connection have committed it, the rerun answers its events as duplicates)."""
 
     def work(session: Session) -> service.IngestResult:
         principal = authenticate(session, token)
@@ -135,7 +136,9 @@ class IngestHelpers(helpers.Helpers):
                  setup: Callable[[], None] | None = None) -> None:
         super().__init__("ingest", settings, database_url, workers=settings.ingest_helpers,
                          nice=settings.ingest_helper_nice, setup=setup,
-                         pool=helpers.Pool(None, 5.0))
+                         # No ping before each batch (a round trip per batch): a batch that
+                         # finds its connection dropped runs again on a new one (`_ingest`).
+                         pool=helpers.Pool(None, 5.0, pre_ping=False))
 
 
 def _binding_headers(request: Request) -> dict[str, str]:

@@ -194,6 +194,47 @@ def test_a_helper_that_dies_is_replaced_and_no_batch_is_lost_or_doubled(
     assert count == 30
 
 
+def test_a_batch_whose_connection_the_database_dropped_is_stored_on_a_new_one(
+    database_url: str, engine: Engine, sessions: sessionmaker[Session],
+) -> None:
+    """A helper does not ping its connection before each batch (a round trip a batch): when
+    the database has dropped it (a restart, a failover, an idle timeout), the batch runs
+    again on a new connection, and the orchestrator never sees the drop."""
+    throttle.forget_all()
+    app = make_app(database_url, ingest_helpers=1, ingest_helper_nice=0)
+    _, ingest = new_key(sessions, "ingest")
+    batches = [[event("created", team="team_d", execution=f"exe_d_{b}_{i}", time=iso(START),
+                      vcpu=1, memory_mib=512) for i in range(5)] for b in range(3)]
+    others = ("FROM pg_stat_activity WHERE datname = current_database() "
+              "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+    try:
+        with TestClient(app) as client:
+            first = client.post("/v1/events", json=batches[0], headers=Keys.auth(ingest))
+            assert first.json()["accepted"] == 5
+            with engine.connect() as conn:
+                dropped = conn.execute(text(f"SELECT count(pg_terminate_backend(pid)) {others}"))
+                assert dropped.scalar_one() >= 1  # the helper's connection among them
+                deadline = time.monotonic() + 10
+                conn.commit()
+                while conn.execute(text(f"SELECT count(*) {others}")).scalar_one():
+                    conn.commit()  # the activity view is read once per transaction
+                    assert time.monotonic() < deadline, "connections not dropped"
+                    time.sleep(0.05)
+            engine.dispose()  # this test's own pooled connections went with them
+            for batch in batches[1:]:
+                again = client.post("/v1/events", json=batch, headers=Keys.auth(ingest))
+                assert again.status_code == 200, again.text
+                assert again.json()["accepted"] == 5
+    finally:
+        app.state.engine.dispose()
+        app.state.read_engine.dispose()
+        throttle.forget_all()
+    with transaction(sessions) as session:
+        count = session.execute(text(
+            "SELECT count(*) FROM lifecycle_events WHERE team_id = 'team_d'")).scalar_one()
+    assert count == 15
+
+
 def test_a_batch_sent_over_http_is_stored_by_a_helper(
     apps: tuple[FastAPI, FastAPI], sessions: sessionmaker[Session],
 ) -> None:
