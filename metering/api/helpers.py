@@ -46,13 +46,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Pool:
-    """A helper's one-connection pool: its statement timeout (None: none), how long a call
-    waits for the connection, and whether the connection is pinged (a round trip) before
-    each call, so that one the database dropped is replaced instead of failing the call."""
+    """A helper's one-connection pool: its statement timeout (None: none) and how long a call
+    waits for the connection."""
 
     statement_timeout_ms: int | None
     timeout_s: float  # float-ok: seconds
-    pre_ping: bool = True
 
 
 class _State:
@@ -119,7 +117,7 @@ def _start(kind: str, settings: Settings, database_url: str, nice: int, pool: Po
     _State.settings = settings
     _State.sessions = make_sessionmaker(make_engine(
         database_url, pool_size=1, statement_timeout_ms=pool.statement_timeout_ms,
-        pool_timeout_s=pool.timeout_s, pre_ping=pool.pre_ping))
+        pool_timeout_s=pool.timeout_s, pre_ping=True))
 
 
 def _ready() -> None:

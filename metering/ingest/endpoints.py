@@ -136,9 +136,7 @@ class IngestHelpers(helpers.Helpers):
                  setup: Callable[[], None] | None = None) -> None:
         super().__init__("ingest", settings, database_url, workers=settings.ingest_helpers,
                          nice=settings.ingest_helper_nice, setup=setup,
-                         # No ping before each batch (a round trip per batch): a batch that
-                         # finds its connection dropped runs again on a new one (`_ingest`).
-                         pool=helpers.Pool(None, 5.0, pre_ping=False))
+                         pool=helpers.Pool(None, 5.0))
 
 
 def _binding_headers(request: Request) -> dict[str, str]:

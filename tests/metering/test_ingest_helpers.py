@@ -26,7 +26,7 @@ from billing.app import create_app
 from metering.api import throttle
 from metering.api.errors import api_error
 from metering.config import Settings
-from metering.db import make_engine, transaction
+from metering.db import make_engine, pipeline, run_transaction, transaction
 from metering.errors import BadRequest, Conflict, ReadCancelled, StorageUnavailable
 from metering.ingest.endpoints import IngestHelpers
 from tests.conftest import Keys, event
@@ -197,9 +197,8 @@ def test_a_helper_that_dies_is_replaced_and_no_batch_is_lost_or_doubled(
 def test_a_batch_whose_connection_the_database_dropped_is_stored_on_a_new_one(
     database_url: str, engine: Engine, sessions: sessionmaker[Session],
 ) -> None:
-    """A helper does not ping its connection before each batch (a round trip a batch): when
-    the database has dropped it (a restart, a failover, an idle timeout), the batch runs
-    again on a new connection, and the orchestrator never sees the drop."""
+    """When the database has dropped a helper's connection (a restart, a failover, an idle
+    timeout), the next batch is stored on a new one: the orchestrator never sees the drop."""
     throttle.forget_all()
     app = make_app(database_url, ingest_helpers=1, ingest_helper_nice=0)
     _, ingest = new_key(sessions, "ingest")
@@ -233,6 +232,41 @@ def test_a_batch_whose_connection_the_database_dropped_is_stored_on_a_new_one(
         count = session.execute(text(
             "SELECT count(*) FROM lifecycle_events WHERE team_id = 'team_d'")).scalar_one()
     assert count == 15
+
+
+def test_a_unit_of_work_that_lost_its_connection_runs_again_on_a_new_one(
+    database_url: str, engine: Engine,
+) -> None:
+    """`run_transaction` (ingest's unit of work) on a pool that does not ping: a connection
+    the database dropped fails the attempt, and the next attempt takes a new one."""
+    unpinged = make_engine(database_url, pool_size=1, pre_ping=False)
+    factory = sessionmaker(unpinged)
+
+    def backend(session: Session) -> int:
+        return int(pipeline(session, [("SELECT pg_backend_pid()", {})])[0][0][0])
+
+    def drop(pid: int) -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.commit()
+            deadline = time.monotonic() + 10
+            while conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
+                               {"pid": pid}).scalar_one():
+                conn.commit()  # the activity view is read once per transaction
+                assert time.monotonic() < deadline, "connection not dropped"
+                time.sleep(0.05)
+
+    try:
+        first = run_transaction(factory, backend)
+        drop(first)
+        with pytest.raises(DBAPIError) as lost:
+            run_transaction(factory, backend, attempts=1)
+        assert lost.value.connection_invalidated
+        second = run_transaction(factory, backend)
+        drop(second)
+        assert run_transaction(factory, backend, attempts=2) not in (first, second)
+    finally:
+        unpinged.dispose()
 
 
 def test_a_batch_sent_over_http_is_stored_by_a_helper(
