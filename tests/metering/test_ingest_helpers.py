@@ -26,7 +26,7 @@ from billing.app import create_app
 from metering.api import throttle
 from metering.api.errors import api_error
 from metering.config import Settings
-from metering.db import make_engine, pipeline, run_transaction, transaction
+from metering.db import make_engine, make_sessionmaker, pipeline, run_transaction, transaction
 from metering.errors import BadRequest, Conflict, ReadCancelled, StorageUnavailable
 from metering.ingest.endpoints import IngestHelpers
 from tests.conftest import Keys, event
@@ -194,6 +194,22 @@ def test_a_helper_that_dies_is_replaced_and_no_batch_is_lost_or_doubled(
     assert count == 30
 
 
+def drop_connections(engine: Engine, where: str, params: dict[str, Any] | None = None) -> int:
+    """Have the database terminate the client connections `where` selects (a condition on
+    `pg_stat_activity`) and wait until they are gone; answers how many it terminated."""
+    others = f"FROM pg_stat_activity WHERE backend_type = 'client backend' AND {where}"
+    with engine.connect() as conn:
+        dropped = conn.execute(text(f"SELECT count(pg_terminate_backend(pid)) {others}"),
+                               params or {}).scalar_one()
+        conn.commit()
+        deadline = time.monotonic() + 10
+        while conn.execute(text(f"SELECT count(*) {others}"), params or {}).scalar_one():
+            conn.commit()  # the activity view is read once per transaction
+            assert time.monotonic() < deadline, "connections not dropped"
+            time.sleep(0.05)
+    return int(dropped)
+
+
 def test_a_batch_whose_connection_the_database_dropped_is_stored_on_a_new_one(
     database_url: str, engine: Engine, sessions: sessionmaker[Session],
 ) -> None:
@@ -204,21 +220,13 @@ def test_a_batch_whose_connection_the_database_dropped_is_stored_on_a_new_one(
     _, ingest = new_key(sessions, "ingest")
     batches = [[event("created", team="team_d", execution=f"exe_d_{b}_{i}", time=iso(START),
                       vcpu=1, memory_mib=512) for i in range(5)] for b in range(3)]
-    others = ("FROM pg_stat_activity WHERE datname = current_database() "
-              "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
     try:
         with TestClient(app) as client:
             first = client.post("/v1/events", json=batches[0], headers=Keys.auth(ingest))
             assert first.json()["accepted"] == 5
-            with engine.connect() as conn:
-                dropped = conn.execute(text(f"SELECT count(pg_terminate_backend(pid)) {others}"))
-                assert dropped.scalar_one() >= 1  # the helper's connection among them
-                deadline = time.monotonic() + 10
-                conn.commit()
-                while conn.execute(text(f"SELECT count(*) {others}")).scalar_one():
-                    conn.commit()  # the activity view is read once per transaction
-                    assert time.monotonic() < deadline, "connections not dropped"
-                    time.sleep(0.05)
+            dropped = drop_connections(
+                engine, "datname = current_database() AND pid <> pg_backend_pid()")
+            assert dropped >= 1  # the helper's connection among them
             engine.dispose()  # this test's own pooled connections went with them
             for batch in batches[1:]:
                 again = client.post("/v1/events", json=batch, headers=Keys.auth(ingest))
@@ -240,21 +248,13 @@ def test_a_unit_of_work_that_lost_its_connection_runs_again_on_a_new_one(
     """`run_transaction` (ingest's unit of work) on a pool that does not ping: a connection
     the database dropped fails the attempt, and the next attempt takes a new one."""
     unpinged = make_engine(database_url, pool_size=1, pre_ping=False)
-    factory = sessionmaker(unpinged)
+    factory = make_sessionmaker(unpinged)
 
     def backend(session: Session) -> int:
         return int(pipeline(session, [("SELECT pg_backend_pid()", {})])[0][0][0])
 
     def drop(pid: int) -> None:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            conn.commit()
-            deadline = time.monotonic() + 10
-            while conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
-                               {"pid": pid}).scalar_one():
-                conn.commit()  # the activity view is read once per transaction
-                assert time.monotonic() < deadline, "connection not dropped"
-                time.sleep(0.05)
+        drop_connections(engine, "pid = :pid", {"pid": pid})
 
     try:
         first = run_transaction(factory, backend)
