@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -47,6 +48,23 @@ def test_memory_holds_two_generations_and_keeps_ids_in_use() -> None:
         kept._owner.put(f"exe_{n}", "team_1")
         assert kept.owner("exe_hot") == "team_1"
     assert len(kept) <= 8
+
+
+def test_a_fleet_of_50_000_running_executions_is_remembered_whole() -> None:
+    # Each ingest helper sees the whole fleet, in whatever order batches reach it: once
+    # every running execution is known, none is forgotten again (a forgotten one costs the
+    # database a question in every batch that names it).
+    remembered = known.KnownOwners()
+    fleet = [f"exe_{n}" for n in range(50_000)]
+    rounds = random.Random(7)
+    for execution in fleet:
+        remembered._owner.put(execution, "team_1")
+    for _ in range(4):
+        order = fleet[:]
+        rounds.shuffle(order)
+        blocks = [order[i:i + 1_000] for i in range(0, len(order), 1_000)]
+        for block in blocks[:len(blocks) * 3 // 4]:  # this helper's share of a second
+            assert all(remembered.owner(execution) == "team_1" for execution in block)
 
 
 def test_forgotten_executions_still_keep_their_team(
