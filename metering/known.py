@@ -4,18 +4,21 @@ Rows of these tables are never deleted while the process runs, so once a commit 
 exist, ingest need not ask again: it checks dozens of ids per batch, tens of times a second.
 Ids are remembered only after the transaction that ensured them commits.
 
-The memory is bounded and keeps what is in use: it holds two generations of at most
-`generation` ids each; an id found in the older one moves to the newer, and when the newer
-is full the older is dropped whole. Ids still in use (a running sandbox's execution, sending
-samples every second) are always moved forward, so only ids nobody asked about for a whole
-generation are forgotten, and forgetting one costs only a question to the database. A
-process's memory therefore stays flat however long it runs, at the size of what is running.
+The memory is bounded and keeps what is in use: it holds two generations of ids, each
+started when the one before it ended, and ended when it holds `generation` ids or is
+`GENERATION_S` old, whichever comes first; an id found in the older one moves to the newer,
+and when a new generation starts the older is dropped whole. Ids still in use (a running
+sandbox's execution, sending samples every second) are always moved forward, so only ids
+nobody asked about for a whole generation are forgotten, and forgetting one costs only a
+question to the database. A process's memory therefore stays flat however long it runs, at
+the size of what it used in the last two generations: what is running, plus a minute or two
+of what ended.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -23,22 +26,32 @@ from sqlalchemy.orm import Session
 # Large enough for every running execution a process sees, with room to spare: each ingest
 # helper sees the whole fleet within seconds (a batch goes to whichever helper is free), and
 # once the fleet outgrows one generation, ids dropped with the older one come back as misses
-# every second (simulated: 1.4 % of a batch's executions at 34,000 running with 32,768 a
-# generation, 9.5 % at 40,000, 17.8 % at 45,000; 0 with 65,536). Each miss asks the database
-# about its execution again, so the cost per event rose with the fleet past 32,768. Two
-# generations of 65,536 ids cost at most ~13 MiB a process (measured), and only what runs is
-# held. Past it, a batch naming forgotten executions asks the database about them in one
-# statement, as for new ones: slower, never wrong.
+# every second (`bench.known_ids`: 1.1 % of a batch's executions at 34,000 running with
+# 32,768 a generation, 8.6 % at 40,000, 17.1 % at 45,000). Each miss asks the database about
+# its execution again, so the cost per event rose with the fleet past 32,768. Two
+# generations of 65,536 ids cost at most ~13 MiB a process (measured). Past it, a batch
+# naming forgotten executions asks the database about them in one statement, as for new
+# ones: slower, never wrong.
 GENERATION = 65_536
+# A generation also ends after this long, so that ended executions are forgotten within two
+# minutes whatever the size: a fleet far below `GENERATION` would otherwise keep every
+# execution that ended until a generation fills (+12 to +14 % of a helper's memory over a
+# 30-minute soak at 27,200 running, measured). A running execution is asked about every few
+# seconds, far more often than once a generation.
+GENERATION_S = 60.0  # float-ok: seconds
 
 
 class _Generations:
     """id -> value, bounded to two generations (see the module's docstring)."""
 
-    def __init__(self, generation: int) -> None:
+    def __init__(self, generation: int, seconds: float = GENERATION_S,  # float-ok: seconds
+                 clock: Callable[[], float] = time.monotonic) -> None:  # float-ok: seconds
         self._new: dict[str, str] = {}
         self._old: dict[str, str] = {}
         self._generation = generation
+        self._seconds = seconds
+        self._clock = clock
+        self._started = clock()
 
     def get(self, key: str) -> str | None:
         value = self._new.get(key)
@@ -51,9 +64,11 @@ class _Generations:
     def put(self, key: str, value: str) -> None:
         # Held once: an id remembered again (another batch ensured it too) leaves the older.
         self._old.pop(key, None)
-        if key not in self._new and len(self._new) >= self._generation:
+        if key not in self._new and (len(self._new) >= self._generation
+                                     or self._clock() - self._started >= self._seconds):
             self._old = self._new
             self._new = {}
+            self._started = self._clock()
         self._new[key] = value
 
     def __len__(self) -> int:

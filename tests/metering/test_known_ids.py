@@ -67,6 +67,28 @@ def test_a_fleet_of_50_000_running_executions_is_remembered_whole() -> None:
             assert all(remembered.owner(execution) == "team_1" for execution in block)
 
 
+def test_a_churning_fleet_is_held_at_what_ran_in_the_last_two_minutes() -> None:
+    # 1,000 sandboxes running, each replaced after 10 minutes (100 new executions a minute),
+    # far fewer than a generation holds: what ended is forgotten within two generations'
+    # time all the same, and no running execution is ever forgotten.
+    now = [0.0]  # float-ok: seconds
+    remembered = known.KnownOwners()
+    remembered._owner = known._Generations(known.GENERATION, clock=lambda: now[0])
+    held = []
+    for second in range(3_600):
+        now[0] = float(second)  # float-ok: seconds
+        for slot in range(1_000):
+            execution = f"exe_{slot}_{(second + slot) // 600}"
+            if remembered.owner(execution) is None:
+                assert (second + slot) % 600 == 0 or second == 0, "a running one was forgotten"
+                remembered._owner.put(execution, "team_1")
+        held.append(len(remembered))
+    # Two generations of about a minute each: the running 1,000 and what ended in the last
+    # two minutes or so (~100 a minute), never the hour's 6,000.
+    assert max(held[600:]) <= 1_000 + 3 * 100
+    assert min(held[600:]) >= 1_000
+
+
 def test_forgotten_executions_still_keep_their_team(
     client: TestClient, api_keys: Keys, small_memory: None
 ) -> None:
