@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 # Large enough for every running execution a process sees, with room to spare: each ingest
 # helper sees the whole fleet within seconds (a batch goes to whichever helper is free), and
 # once the fleet outgrows one generation, ids dropped with the older one come back as misses
-# every second (`bench.known_ids`: 1.1 % of a batch's executions at 34,000 running with
-# 32,768 a generation, 8.6 % at 40,000, 17.1 % at 45,000). Each miss asks the database about
+# every second (`bench.known_ids`: 1.5 % of a helper's lookups at 34,000 running with
+# 32,768 a generation, 8.9 % at 40,000, 15.4 % at 45,000). Each miss asks the database about
 # its execution again, so the cost per event rose with the fleet past 32,768. Two
 # generations of 65,536 ids cost at most ~13 MiB a process (measured). Past it, a batch
 # naming forgotten executions asks the database about them in one statement, as for new
