@@ -17,6 +17,7 @@ of what ended.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -80,8 +81,9 @@ class _Generations:
 
 
 class KnownIds:
-    def __init__(self, generation: int = GENERATION) -> None:
-        self._known = _Generations(generation)
+    def __init__(self, generation: int = GENERATION,
+                 seconds: float = GENERATION_S) -> None:  # float-ok: seconds
+        self._known = _Generations(generation, seconds)
 
     def unknown(self, ids: Iterable[str]) -> list[str]:
         return sorted({i for i in ids if self._known.get(i) is None})
@@ -107,8 +109,9 @@ class KnownOwners:
     """Execution id -> the team it belongs to, for ids whose row is committed. An execution's
     team never changes, so the memory never goes stale."""
 
-    def __init__(self, generation: int = GENERATION) -> None:
-        self._owner = _Generations(generation)
+    def __init__(self, generation: int = GENERATION,
+                 seconds: float = GENERATION_S) -> None:  # float-ok: seconds
+        self._owner = _Generations(generation, seconds)
 
     def owner(self, execution_id: str) -> str | None:
         return self._owner.get(execution_id)
@@ -150,7 +153,10 @@ class Expiring:
         self._until.clear()
 
 
-teams = KnownIds()
+# Teams never end, and an API process learns them only from admissions: a team that starts
+# nothing for a few minutes keeps its admissions' fast path (`admit_on_loop`), so teams are
+# forgotten only by number (a few hundred in a fleet, far from a generation).
+teams = KnownIds(seconds=math.inf)
 executions = KnownIds()
 execution_owners = KnownOwners()
 # Teams whose admissions billing cannot answer from the prefetched team row (credit-enforced

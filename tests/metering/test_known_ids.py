@@ -89,6 +89,25 @@ def test_a_churning_fleet_is_held_at_what_ran_in_the_last_two_minutes() -> None:
     assert min(held[600:]) >= 1_000
 
 
+def test_a_team_quiet_for_an_hour_is_still_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An API process learns teams from admissions only: one that started nothing for an
+    # hour keeps its admissions' fast path, while executions that long gone are forgotten.
+    now = [0.0]  # float-ok: seconds
+    for memory in (known.teams, known.executions):
+        monkeypatch.setattr(memory._known, "_clock", lambda: now[0])
+        monkeypatch.setattr(memory._known, "_started", 0.0)
+        memory._known.put("quiet", "quiet")
+    for minute in range(1, 61):
+        now[0] = 60.0 * minute  # float-ok: seconds
+        for memory in (known.teams, known.executions):
+            memory._known.put(f"busy_{minute}", "busy")
+    try:
+        assert known.teams.unknown(["quiet"]) == []
+        assert known.executions.unknown(["quiet"]) == ["quiet"]
+    finally:
+        known.forget_all()  # the module's memories, shared with other tests in this process
+
+
 def test_forgotten_executions_still_keep_their_team(
     client: TestClient, api_keys: Keys, small_memory: None
 ) -> None:
