@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import random
 
-from metering.known import GENERATION, GENERATION_S, KnownOwners, _Generations
+from metering.known import GENERATION, GENERATION_S, KnownOwners
 
 BATCH = 1_000
 SECONDS = 300
@@ -35,8 +35,7 @@ def replay(fleet: int, generation: int, seconds: float,  # float-ok: seconds
     """(share of lookups of running executions that missed, most ids held) for one helper."""
     rand = random.Random(seed)
     now = [0.0]  # float-ok: simulated seconds
-    memory = KnownOwners()
-    memory._owner = _Generations(generation, seconds, clock=lambda: now[0])
+    memory = KnownOwners(generation, seconds, clock=lambda: now[0])
     looked = missed = held = 0
     for second in range(lifetime + SECONDS):
         now[0] = float(second)  # float-ok: simulated seconds

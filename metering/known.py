@@ -81,9 +81,9 @@ class _Generations:
 
 
 class KnownIds:
-    def __init__(self, generation: int = GENERATION,
-                 seconds: float = GENERATION_S) -> None:  # float-ok: seconds
-        self._known = _Generations(generation, seconds)
+    def __init__(self, generation: int = GENERATION, seconds: float = GENERATION_S,  # float-ok
+                 clock: Callable[[], float] = time.monotonic) -> None:  # float-ok: seconds
+        self._known = _Generations(generation, seconds, clock)
 
     def unknown(self, ids: Iterable[str]) -> list[str]:
         return sorted({i for i in ids if self._known.get(i) is None})
@@ -109,9 +109,9 @@ class KnownOwners:
     """Execution id -> the team it belongs to, for ids whose row is committed. An execution's
     team never changes, so the memory never goes stale."""
 
-    def __init__(self, generation: int = GENERATION,
-                 seconds: float = GENERATION_S) -> None:  # float-ok: seconds
-        self._owner = _Generations(generation, seconds)
+    def __init__(self, generation: int = GENERATION, seconds: float = GENERATION_S,  # float-ok
+                 clock: Callable[[], float] = time.monotonic) -> None:  # float-ok: seconds
+        self._owner = _Generations(generation, seconds, clock)
 
     def owner(self, execution_id: str) -> str | None:
         return self._owner.get(execution_id)

@@ -72,8 +72,7 @@ def test_a_churning_fleet_is_held_at_what_ran_in_the_last_two_minutes() -> None:
     # far fewer than a generation holds: what ended is forgotten within two generations'
     # time all the same, and no running execution is ever forgotten.
     now = [0.0]  # float-ok: seconds
-    remembered = known.KnownOwners()
-    remembered._owner = known._Generations(known.GENERATION, clock=lambda: now[0])
+    remembered = known.KnownOwners(clock=lambda: now[0])
     held = []
     for second in range(3_600):
         now[0] = float(second)  # float-ok: seconds
