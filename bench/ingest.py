@@ -17,9 +17,11 @@ import time
 from datetime import timedelta
 
 import orjson
+import psutil
 import psycopg
 
 from bench.common import (
+    CpuMeter,
     create_key,
     fleet_events,
     fresh_database,
@@ -27,8 +29,12 @@ from bench.common import (
     machine,
     now_utc,
     percentile,
+    postgres_processes,
     service,
+    service_processes,
 )
+
+DATABASE = "metering_bench_ingest"
 
 
 def post_all(base: str, key: str, bodies: list[bytes], clients: int) -> tuple[float, list[float], dict]:
@@ -91,6 +97,26 @@ def copy_baseline(url: str, bodies: list[bytes]) -> float:
         return time.perf_counter() - started
 
 
+class CpuMeters:
+    """CPU seconds of the service's processes, its database's backends and server processes,
+    and this process (the load's client threads), between two readings. The processes are
+    looked up at every reading (a helper or backend started in between counts from its
+    start)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.meters = [CpuMeter() for _ in range(4)]
+        self.used()
+
+    def used(self) -> tuple[float, float, float, float]:  # float-ok: CPU seconds
+        _, api = service_processes(self.port)
+        backends, background = postgres_processes(DATABASE)
+        groups = (api, backends, background, [psutil.Process()])
+        api_s, db_s, background_s, client_s = (
+            m.used(g) for m, g in zip(self.meters, groups, strict=True))
+        return api_s, db_s, background_s, client_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sandboxes", type=int, default=1000)
@@ -99,7 +125,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    url = fresh_database("metering_bench_ingest")
+    url = fresh_database(DATABASE)
     start = now_utc() - timedelta(seconds=5)
     batches = list(fleet_events(args.sandboxes, args.seconds, start))
     bodies = [orjson.dumps(b) for b in batches]
@@ -108,7 +134,9 @@ def main() -> None:
     with service(url, workers=args.workers) as (base, admin):
         key = create_key(base, admin, "ingest")
         post_all(base, key, bodies[:1], 1)  # the created events, not timed
+        meters = CpuMeters(int(base.rsplit(":", 1)[1]))
         elapsed, latencies, totals = post_all(base, key, bodies[1:], args.clients)
+        used = meters.used()
         timed_events = events - len(batches[0])
         # Replaying a slice proves the figures were deduplicated, not blindly appended.
         _, _, replay = post_all(base, key, bodies[1:4], 1)
@@ -118,6 +146,10 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"ingest over HTTP: {timed_events} events in {elapsed:.2f} s = {rate:,.0f} events/s "
           f"({args.clients} clients, {args.workers} API processes, batches of {args.sandboxes})")
+    api_s, db_s, background_s, client_s = (u / timed_events * 1e6 for u in used)
+    print(f"CPU per event: API and helpers {api_s:.1f} µs, PostgreSQL {db_s:.1f} + background "
+          f"{background_s:.1f}, all in {api_s + db_s + background_s:.1f} µs; the load's client "
+          f"{client_s:.1f} µs (the same split as `bench.soak` prints, to compare the two)")
     print(f"batch latency: p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
           f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
     print(f"answers: {totals}; replay of 3 batches: {replay}")
