@@ -3,7 +3,9 @@ against a raw COPY of the same events into a bare table on the same PostgreSQL.
 
     .venv/bin/python bench/ingest.py [--sandboxes 1000] [--seconds 120] [--clients 8]
 
-Prints events/s, p50/p99 batch latency, the COPY rate and the ratio.
+Prints events/s, CPU per event (the service's processes, its database's backends and server
+processes, the load's client: the split `bench.soak` prints), p50/p99 batch latency, the COPY
+rate and the ratio.
 """
 
 from __future__ import annotations
