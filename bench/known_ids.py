@@ -49,7 +49,7 @@ def replay(fleet: int, generation: int, seconds: float,  # float-ok: seconds
                     # A new execution's first sight is no miss: it was never stored here.
                     new = (second + slot) % lifetime < helpers * 10
                     missed += measured and not new
-                    memory._owner.put(execution, "team")  # asked, then remembered
+                    memory.remember({execution: "team"})  # asked, then remembered
                 looked += measured
         if measured:
             held = max(held, len(memory))

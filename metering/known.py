@@ -65,11 +65,12 @@ class _Generations:
     def put(self, key: str, value: str) -> None:
         # Held once: an id remembered again (another batch ensured it too) leaves the older.
         self._old.pop(key, None)
-        if key not in self._new and (len(self._new) >= self._generation
-                                     or self._clock() - self._started >= self._seconds):
-            self._old = self._new
-            self._new = {}
-            self._started = self._clock()
+        if key not in self._new:
+            now = self._clock()
+            if len(self._new) >= self._generation or now - self._started >= self._seconds:
+                self._old = self._new
+                self._new = {}
+                self._started = now
         self._new[key] = value
 
     def __len__(self) -> int:
@@ -95,8 +96,12 @@ class KnownIds:
 
         @event.listens_for(session, "after_commit", once=True)
         def remember(_: Session) -> None:
-            for i in pending:
-                self._known.put(i, i)
+            self.remember(pending)
+
+    def remember(self, ids: Iterable[str]) -> None:
+        """Ids whose rows are committed (`remember_after_commit` calls it at the commit)."""
+        for i in ids:
+            self._known.put(i, i)
 
     def __len__(self) -> int:
         return len(self._known)
@@ -123,8 +128,12 @@ class KnownOwners:
 
         @event.listens_for(session, "after_commit", once=True)
         def remember(_: Session) -> None:
-            for execution_id, team_id in pending.items():
-                self._owner.put(execution_id, team_id)
+            self.remember(pending)
+
+    def remember(self, owners: dict[str, str]) -> None:
+        """Owners of committed executions (`remember_after_commit` calls it at the commit)."""
+        for execution_id, team_id in owners.items():
+            self._owner.put(execution_id, team_id)
 
     def __len__(self) -> int:
         return len(self._owner)

@@ -38,14 +38,14 @@ def post(client: TestClient, key: str, batch: list[dict[str, object]]) -> dict[s
 def test_memory_holds_two_generations_and_keeps_ids_in_use() -> None:
     remembered = known.KnownOwners(generation=4)
     for n in range(50):  # the same memory a committed ingest fills
-        remembered._owner.put(f"exe_{n}", "team_1")
+        remembered.remember({f"exe_{n}": "team_1"})
         assert len(remembered) <= 8
     assert remembered.owner("exe_49") == "team_1" and remembered.owner("exe_0") is None
     # An id asked about moves forward and survives rotations that drop its generation.
     kept = known.KnownOwners(generation=4)
-    kept._owner.put("exe_hot", "team_1")
+    kept.remember({"exe_hot": "team_1"})
     for n in range(40):
-        kept._owner.put(f"exe_{n}", "team_1")
+        kept.remember({f"exe_{n}": "team_1"})
         assert kept.owner("exe_hot") == "team_1"
     assert len(kept) <= 8
 
@@ -58,7 +58,7 @@ def test_a_fleet_of_50_000_running_executions_is_remembered_whole() -> None:
     fleet = [f"exe_{n}" for n in range(50_000)]
     rounds = random.Random(7)
     for execution in fleet:
-        remembered._owner.put(execution, "team_1")
+        remembered.remember({execution: "team_1"})
     for _ in range(4):
         order = fleet[:]
         rounds.shuffle(order)
@@ -80,7 +80,7 @@ def test_a_churning_fleet_is_held_at_what_ran_in_the_last_two_minutes() -> None:
             execution = f"exe_{slot}_{(second + slot) // 600}"
             if remembered.owner(execution) is None:
                 assert (second + slot) % 600 == 0 or second == 0, "a running one was forgotten"
-                remembered._owner.put(execution, "team_1")
+                remembered.remember({execution: "team_1"})
         held.append(len(remembered))
     # Two generations of about a minute each: the running 1,000 and what ended in the last
     # two minutes or so (~100 a minute), never the hour's 6,000.
@@ -95,11 +95,11 @@ def test_a_team_quiet_for_an_hour_is_still_known(monkeypatch: pytest.MonkeyPatch
     for memory in (known.teams, known.executions):
         monkeypatch.setattr(memory._known, "_clock", lambda: now[0])
         monkeypatch.setattr(memory._known, "_started", 0.0)
-        memory._known.put("quiet", "quiet")
+        memory.remember(["quiet"])
     for minute in range(1, 61):
         now[0] = 60.0 * minute  # float-ok: seconds
         for memory in (known.teams, known.executions):
-            memory._known.put(f"busy_{minute}", "busy")
+            memory.remember([f"busy_{minute}"])
     try:
         assert known.teams.unknown(["quiet"]) == []
         assert known.executions.unknown(["quiet"]) == ["quiet"]
