@@ -88,15 +88,42 @@ def pipeline(
     in order, each with its own snapshot (read committed), exactly as if executed one by one;
     a failure in one skips the rest and raises, as the first of them would have.
 
-    Never prepared on the server: psycopg counts a statement as prepared when its PREPARE
-    went out in a pipeline that a failure then aborted, and the next use of that statement on
-    the connection fails ("prepared statement does not exist"; psycopg 3.3)."""
+    Prepared on the server after a few uses on the connection, all but transaction control
+    (`prepare_in_pipeline`)."""
     if not statements:
         return []
     with driver(session) as raw, pipelined(raw):
-        cursors = [raw.execute(driver_sql(sql), params, prepare=False)
+        cursors = [raw.execute(driver_sql(sql), params, prepare=prepare_in_pipeline(sql))
                    for sql, params in statements]
     return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
+
+
+# Transaction control: nothing to plan, and the statements a failure can skip in a
+# transaction that goes on (a savepoint's release).
+_NEVER_PREPARED = ("SAVEPOINT", "RELEASE", "ROLLBACK", "SET ")
+
+
+def prepare_in_pipeline(statement: TextClause | str) -> bool | None:
+    """psycopg's `prepare` for a statement sent in a pipeline: None (prepared on the server
+    once the connection has run it a few times, so that it is parsed and planned once instead
+    of at every call, as psycopg does with every statement sent on its own), False for
+    transaction control.
+
+    The rule that keeps it safe: psycopg (3.3) counts a statement as prepared as soon as its
+    PREPARE is queued, and a failure earlier in the pipeline skips it on the server, so the
+    statement's next use on the connection would fail ("prepared statement does not exist").
+    Wherever a failure rolls the transaction back, the rollback clears psycopg's record of
+    what is prepared (and the server's), so nothing stale survives; the one pipeline whose
+    transaction goes on after a failure (the samples' savepoint) has only its release after
+    the statement that can fail, and transaction control is never prepared. A stale record
+    that slips through anyway fails with SQLSTATE 26000, which `RETRYABLE_SQLSTATES` runs
+    again after the rollback."""
+    sql = driver_sql(statement)
+    return False if sql.lstrip()[:10].upper().startswith(_NEVER_PREPARED) else None
+
+
+
+
 
 
 @contextmanager
@@ -190,15 +217,17 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 T = TypeVar("T")
 
 # Deadlock detected, serialization failure: the transaction was rolled back whole and may run
-# again as it was.
-RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+# again as it was. And a prepared statement the driver believed was on the server and is not
+# (see `prepare_in_pipeline`): the rollback clears the driver's record, so it may run again.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "26000"})
 
 
 def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T], *,
                     attempts: int = 1) -> T:
     """`work` as one unit of work (`transaction`), run again whole, up to `attempts` times in
-    all, when it lost a deadlock or a serialization conflict (nothing of it was committed) or
-    its connection (the pool drops it; the next attempt takes a new one). Only for work that
+    all, when it lost a deadlock or a serialization conflict or met a stale prepared statement
+    (`RETRYABLE_SQLSTATES`; nothing of it was committed) or lost its connection (the pool
+    drops it; the next attempt takes a new one). Only for work that
     may run twice: a connection lost after the commit was sent may have committed it."""
     for attempt in range(1, attempts + 1):
         try:
@@ -209,7 +238,7 @@ def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T]
             lost = exc.connection_invalidated
             if (sqlstate not in RETRYABLE_SQLSTATES and not lost) or attempt == attempts:
                 raise
-            log.info("transaction lost a conflict or its connection, run again",
+            log.info("transaction failed on a retryable error or lost its connection, run again",
                      extra={"sqlstate": sqlstate, "connection_lost": lost})
     raise AssertionError("attempts must be at least 1")
 
@@ -230,5 +259,5 @@ def commit_with(session: Session, statement: TextClause | str, params: Mapping[s
     with driver(session) as raw, pipelined(raw):
         if not durable:
             raw.execute(NO_FLUSH_WAIT, prepare=False)
-        raw.execute(driver_sql(statement), params, prepare=False)
+        raw.execute(driver_sql(statement), params, prepare=prepare_in_pipeline(statement))
         raw.commit()

@@ -22,7 +22,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import Engine
 
-from metering.db import NO_FLUSH_WAIT
+from metering.db import NO_FLUSH_WAIT, prepare_in_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ async def commit_with(conn: psycopg.AsyncConnection[Any], statement: str,
     async with pipelined(conn):
         if not durable:
             await conn.execute(NO_FLUSH_WAIT, prepare=False)
-        await conn.execute(statement, params, prepare=False)
+        await conn.execute(statement, params, prepare=prepare_in_pipeline(statement))
         await conn.commit()
 
 

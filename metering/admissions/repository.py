@@ -2,8 +2,8 @@
 
 The start path runs on the session's psycopg connection in pipeline mode, so its statements
 are written in the driver's paramstyle (`%(name)s`): all reads travel in one round trip, the
-lease and the commit in a second. Nothing sent in a pipeline is prepared on the server (see
-`metering.db.pipeline`).
+lease and the commit in a second. Each is prepared on the server after a few uses on the
+connection (`metering.db.prepare_in_pipeline`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from psycopg.rows import TupleRow
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from metering.db import driver, pipelined
+from metering.db import driver, pipelined, prepare_in_pipeline
 from metering.db_async import pipelined as pipelined_async
 from metering.plugins import Prefetch, TeamRead
 from metering.usage import running
@@ -63,6 +63,10 @@ WHERE sandbox_id = ANY(CAST(:sandboxes AS text[])) AND consumed_at IS NULL
 """)
 
 _PURGE = text("DELETE FROM leases WHERE expires_at < :before")
+
+
+# The statements of the first round trip (none is transaction control).
+_PREPARE = prepare_in_pipeline(_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +119,11 @@ def prefetch(
     the reads after the lock see every admission of the team that committed before it."""
     params = _params(digest, team_id, sandbox_id, now, stale)
     with driver(session) as raw, pipelined(raw):
-        key = raw.execute(_KEY, params, prepare=False)
-        raw.execute(_LOCK, params, prepare=False)
-        lease = raw.execute(_LIVE_LEASE, params, prepare=False)
-        counts = raw.execute(_COUNTS, params, prepare=False)
-        extra = (raw.execute(billing.sql, billing.params, prepare=False)
+        key = raw.execute(_KEY, params, prepare=_PREPARE)
+        raw.execute(_LOCK, params, prepare=_PREPARE)
+        lease = raw.execute(_LIVE_LEASE, params, prepare=_PREPARE)
+        counts = raw.execute(_COUNTS, params, prepare=_PREPARE)
+        extra = (raw.execute(billing.sql, billing.params, prepare=prepare_in_pipeline(billing.sql))
                  if billing is not None else None)
     return _prefetched(key.fetchone(), lease.fetchone(), counts.fetchone(), billing,
                        extra.fetchone() if extra is not None else None)
@@ -132,11 +136,12 @@ async def prefetch_async(
     """`prefetch` on the event loop's connection: the same statements, the same round trip."""
     params = _params(digest, team_id, sandbox_id, now, stale)
     async with pipelined_async(conn):
-        key = await conn.execute(_KEY, params, prepare=False)
-        await conn.execute(_LOCK, params, prepare=False)
-        lease = await conn.execute(_LIVE_LEASE, params, prepare=False)
-        counts = await conn.execute(_COUNTS, params, prepare=False)
-        extra = (await conn.execute(billing.sql, billing.params, prepare=False)
+        key = await conn.execute(_KEY, params, prepare=_PREPARE)
+        await conn.execute(_LOCK, params, prepare=_PREPARE)
+        lease = await conn.execute(_LIVE_LEASE, params, prepare=_PREPARE)
+        counts = await conn.execute(_COUNTS, params, prepare=_PREPARE)
+        extra = (await conn.execute(billing.sql, billing.params,
+                                   prepare=prepare_in_pipeline(billing.sql))
                  if billing is not None else None)
     return _prefetched(await key.fetchone(), await lease.fetchone(), await counts.fetchone(),
                        billing, await extra.fetchone() if extra is not None else None)

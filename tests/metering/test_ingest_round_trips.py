@@ -18,11 +18,20 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from metering import known
 from metering.config import Settings
-from metering.db import driver, make_engine, make_sessionmaker, pipelined
+from metering.db import (
+    driver,
+    driver_sql,
+    make_engine,
+    make_sessionmaker,
+    pipeline,
+    pipelined,
+    run_transaction,
+)
 from metering.ingest.endpoints import _ingest
 from tests.conftest import Keys, event
 
@@ -134,11 +143,13 @@ def test_a_batch_with_lifecycle_events_waits_for_the_database_eight_times(
 
 def test_batches_holding_stored_samples_keep_being_answered_on_one_connection(
     traced: tuple[sessionmaker[Session], Wire], settings: Settings, api_keys: Keys,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A stored sample aborts the batch's pipeline (the exact path follows). Statements of
     an aborted pipeline must not be left half-prepared on the connection: every later batch
     on it is answered, across the number of uses after which psycopg prepares a statement."""
     sessions, _ = traced
+    caplog.set_level(logging.INFO, logger="metering.db")
     now = datetime.now(UTC).replace(microsecond=0)
     before: list[dict[str, Any]] = []
     for i in range(12):
@@ -148,6 +159,75 @@ def test_batches_holding_stored_samples_keep_being_answered_on_one_connection(
         assert answer == {"accepted": 20, "duplicates": len(resent), "rejected": 0,
                           "errors": []}
         before = fresh
+    # Answered the first time: no batch had to run again for a statement the connection
+    # believed prepared and the server did not have.
+    assert [r.getMessage() for r in caplog.records if "run again" in r.getMessage()] == []
+
+
+def test_a_batch_s_statements_are_parsed_and_planned_once_per_connection(
+    traced: tuple[sessionmaker[Session], Wire], settings: Settings, api_keys: Keys,
+) -> None:
+    """The statements pipelined for a batch (samples, new executions, lifecycle) are
+    prepared on the server after a few uses; transaction control never is."""
+    sessions, _ = traced
+    now = datetime.now(UTC).replace(microsecond=0)
+    for i in range(8):
+        second = now - timedelta(seconds=20 - i)
+        churn = [event("created", execution=f"exe_{i}_{j}", sandbox=f"sbx_{i}_{j}",
+                       team="team_1", time=iso(second), vcpu=2, memory_mib=1024)
+                 for j in range(3)]
+        answer = _ingest(settings, sessions, api_keys.ingest,
+                         churn + samples(second, 10, "team_1"))
+        assert answer["accepted"] == 13
+    with sessions() as session:  # the pool's one connection, the one the batches used
+        prepared = [" ".join(r[0].split()) for r in session.execute(
+            text("SELECT statement FROM pg_prepared_statements"))]
+    def has(start: str) -> bool:
+        return any(statement.startswith(start) for statement in prepared)
+    assert has("WITH u AS MATERIALIZED")  # the samples with their liveness rows
+    assert has("INSERT INTO executions")  # the new executions' owners
+    assert has("WITH seg AS MATERIALIZED")  # the rollup deltas of the recompute
+    assert has("SELECT execution_id, team_id FROM executions")  # the recompute's lock
+    assert not any(statement.startswith(("SAVEPOINT", "RELEASE")) for statement in prepared)
+
+
+def test_a_statement_the_driver_wrongly_believes_prepared_runs_again_and_answers(
+    sessions: sessionmaker[Session], database_url: str,
+) -> None:
+    """The safety net under `prepare_in_pipeline`'s rule: were a statement skipped by an
+    aborted pipeline still recorded as prepared, its next use fails once (SQLSTATE 26000)
+    and the unit of work runs again after the rollback, which clears the record."""
+    engine = make_engine(database_url, pool_size=1)
+    factory = make_sessionmaker(engine)
+    statement = text("SELECT count(*) FROM teams WHERE id > :after")
+
+    def stale() -> None:
+        with factory() as session, driver(session) as raw:
+            for _ in range(2):  # a rollback to a savepoint psycopg has seen clears nothing
+                raw.execute("SAVEPOINT s")
+                raw.execute("ROLLBACK TO SAVEPOINT s")
+            for _ in range(5):  # psycopg prepares a statement at its sixth use
+                raw.execute(driver_sql(statement), {"after": ""}).fetchall()
+            raw.execute("SAVEPOINT s")
+            with pytest.raises(psycopg.errors.DivisionByZero), pipelined(raw):
+                raw.execute("SELECT 1 / 0", prepare=False)
+                raw.execute(driver_sql(statement), {"after": ""})  # queued, never parsed
+            raw.execute("ROLLBACK TO SAVEPOINT s")
+            raw.commit()
+
+    def work(session: Session) -> int:
+        return int(pipeline(session, [(statement, {"after": ""})])[0][0][0])
+
+    try:
+        stale()
+        with pytest.raises(DBAPIError) as failed:
+            run_transaction(factory, work, attempts=1)
+        assert getattr(failed.value.orig, "sqlstate", None) == "26000"
+        stale()
+        expected = run_transaction(sessions, work)
+        assert run_transaction(factory, work, attempts=2) == expected
+    finally:
+        engine.dispose()
 
 
 
