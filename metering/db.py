@@ -118,12 +118,8 @@ def prepare_in_pipeline(statement: TextClause | str) -> bool | None:
     the statement that can fail, and transaction control is never prepared. A stale record
     that slips through anyway fails with SQLSTATE 26000, which `RETRYABLE_SQLSTATES` runs
     again after the rollback."""
-    sql = driver_sql(statement)
-    return False if sql.lstrip()[:10].upper().startswith(_NEVER_PREPARED) else None
-
-
-
-
+    head = driver_sql(statement)[:64].lstrip()[:10].upper()
+    return False if head.startswith(_NEVER_PREPARED) else None
 
 
 @contextmanager

@@ -84,7 +84,8 @@ CANCELLED_READ = ("the read ran past its time limit and was cancelled; ask for a
                   "range or a coarser granularity, or retry later")
 STORAGE_DOWN = "storage is unavailable; nothing was stored, retry later"
 AT_CAPACITY = "the service is at capacity; nothing was stored, retry after 1 s"
-CONCURRENT_WRITES = "the request met concurrent writes and was rolled back; retry it"
+CONCURRENT_WRITES = ("the request met concurrent writes or a transient database condition and "
+                     "was rolled back; retry it")
 UNSTORABLE_VALUE = "a value is out of range or contains a NUL (0x00) character"
 
 
