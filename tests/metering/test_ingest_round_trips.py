@@ -182,6 +182,7 @@ def test_a_batch_s_statements_are_parsed_and_planned_once_per_connection(
     with sessions() as session:  # the pool's one connection, the one the batches used
         prepared = [" ".join(r[0].split()) for r in session.execute(
             text("SELECT statement FROM pg_prepared_statements"))]
+
     def has(start: str) -> bool:
         return any(statement.startswith(start) for statement in prepared)
     assert has("WITH u AS MATERIALIZED")  # the samples with their liveness rows
@@ -196,7 +197,9 @@ def test_a_statement_the_driver_wrongly_believes_prepared_runs_again_and_answers
 ) -> None:
     """The safety net under `prepare_in_pipeline`'s rule: were a statement skipped by an
     aborted pipeline still recorded as prepared, its next use fails once (SQLSTATE 26000)
-    and the unit of work runs again after the rollback, which clears the record."""
+    and the unit of work runs again after the rollback, which clears the record. The stale
+    record is made the way psycopg 3.3 makes it; the first assertion says when it no longer
+    does."""
     engine = make_engine(database_url, pool_size=1)
     factory = make_sessionmaker(engine)
     statement = text("SELECT count(*) FROM teams WHERE id > :after")
