@@ -92,9 +92,10 @@ def pipeline(
     (`prepare_in_pipeline`)."""
     if not statements:
         return []
+    compiled = [(driver_sql(sql), params) for sql, params in statements]
     with driver(session) as raw, pipelined(raw):
-        cursors = [raw.execute(driver_sql(sql), params, prepare=prepare_in_pipeline(sql))
-                   for sql, params in statements]
+        cursors = [raw.execute(sql, params, prepare=prepare_in_pipeline(sql))
+                   for sql, params in compiled]
     return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
 
 
@@ -255,5 +256,6 @@ def commit_with(session: Session, statement: TextClause | str, params: Mapping[s
     with driver(session) as raw, pipelined(raw):
         if not durable:
             raw.execute(NO_FLUSH_WAIT, prepare=False)
-        raw.execute(driver_sql(statement), params, prepare=prepare_in_pipeline(statement))
+        sql = driver_sql(statement)
+        raw.execute(sql, params, prepare=prepare_in_pipeline(sql))
         raw.commit()
