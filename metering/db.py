@@ -81,7 +81,8 @@ def driver_sql(statement: TextClause | str) -> str:
 
 
 def pipeline(
-    session: Session, statements: Sequence[tuple[TextClause | str, Mapping[str, Any]]],
+    session: Session, statements: Sequence[tuple[TextClause | str, Mapping[str, Any]]], *,
+    may_fail_at: int | None = None, commit: bool = False,
 ) -> list[list[Any]]:
     """Run statements in the session's transaction in one network round trip (psycopg
     pipeline mode) and answer each one's rows (none for a write without RETURNING). They run
@@ -89,13 +90,21 @@ def pipeline(
     a failure in one skips the rest and raises, as the first of them would have.
 
     Prepared on the server after a few uses on the connection, all but transaction control
-    (`prepare_in_pipeline`)."""
+    (`prepare_in_pipeline`) and, with `may_fail_at`, every statement after that one: the
+    index of a statement whose failure the caller recovers from in the same transaction (a
+    savepoint's work), so that what it skips is never recorded as prepared.
+
+    `commit`: the unit of work's COMMIT goes in the same round trip, after the statements
+    (its own commit afterwards finds nothing left to do; a failure rolls it back)."""
     if not statements:
         return []
     compiled = [(driver_sql(sql), params) for sql, params in statements]
     with driver(session) as raw, pipelined(raw):
-        cursors = [raw.execute(sql, params, prepare=prepare_in_pipeline(sql))
-                   for sql, params in compiled]
+        cursors = [raw.execute(sql, params, prepare=(
+            False if may_fail_at is not None and i > may_fail_at else prepare_in_pipeline(sql)))
+            for i, (sql, params) in enumerate(compiled)]
+        if commit:
+            raw.commit()
     return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
 
 

@@ -166,7 +166,6 @@ class Expiring:
 # nothing for a few minutes keeps its admissions' fast path (`admit_on_loop`), so teams are
 # forgotten only by number (a few hundred in a fleet, far from a generation).
 teams = KnownIds(seconds=math.inf)
-executions = KnownIds()
 execution_owners = KnownOwners()
 # Teams whose admissions billing cannot answer from the prefetched team row (credit-enforced
 # plans, spend limits): they skip the event loop's attempt for a while (plans change rarely).
@@ -176,6 +175,5 @@ threaded_admissions = Expiring(10.0)
 def forget_all() -> None:
     """Tests that wipe the database call this."""
     teams.clear()
-    executions.clear()
     execution_owners.clear()
     threaded_admissions.clear()

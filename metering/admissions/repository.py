@@ -8,7 +8,6 @@ connection (`metering.db.prepare_in_pipeline`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -56,11 +55,6 @@ INSERT INTO leases (id, team_id, sandbox_id, vcpu, memory_mib, disk_mib, max_dur
 VALUES (%(id)s, %(team_id)s, %(sandbox_id)s, %(vcpu)s, %(memory_mib)s, %(disk_mib)s,
         %(max_duration_s)s, %(now)s, %(expires_at)s)
 """
-
-_CONSUME = text("""
-UPDATE leases SET consumed_at = :now
-WHERE sandbox_id = ANY(CAST(:sandboxes AS text[])) AND consumed_at IS NULL
-""")
 
 _PURGE = text("DELETE FROM leases WHERE expires_at < :before")
 
@@ -145,11 +139,6 @@ async def prefetch_async(
                  if billing is not None else None)
     return _prefetched(await key.fetchone(), await lease.fetchone(), await counts.fetchone(),
                        billing, await extra.fetchone() if extra is not None else None)
-
-
-def consume(session: Session, sandboxes: Sequence[str], now: datetime) -> None:
-    if sandboxes:
-        session.execute(_CONSUME, {"sandboxes": sorted(set(sandboxes)), "now": now})
 
 
 def purge(session: Session, before: datetime) -> int:

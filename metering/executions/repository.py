@@ -83,12 +83,6 @@ def _ensure_params(keys: Sequence[ExecutionKey]) -> dict[str, list[Any]]:
     }
 
 
-def ensure(session: Session, keys: Sequence[ExecutionKey]) -> None:
-    """Create missing execution rows (no locks taken on existing ones)."""
-    if keys:
-        session.execute(_ENSURE, _ensure_params(keys))
-
-
 _OWNERS = text("""
 SELECT execution_id, team_id FROM executions WHERE execution_id = ANY(CAST(:ids AS text[]))
 """)
@@ -106,33 +100,31 @@ def ensure_owners(session: Session, keys: Sequence[ExecutionKey]) -> dict[str, s
     return {r[0]: r[1] for r in owners}
 
 
+Statements = list[tuple[TextClause, Mapping[str, Any]]]
+
+
 @dataclass(frozen=True, slots=True)
 class Locked:
-    """What `lock_for_recompute` read: each locked execution's team (the first team it was
+    """What `lock_statements` read: each locked execution's team (the first team it was
     seen with) and the lifecycle event rows of the executions asked for."""
 
     team_of: dict[str, str]
     events: list[tuple[Any, ...]]
 
+    @classmethod
+    def of(cls, results: Sequence[list[Any]]) -> Locked:
+        """From the rows of `lock_statements`, the last three of `results`."""
+        return cls({r[0]: r[1] for r in results[-3]}, [tuple(r) for r in results[-1]])
 
-def lock_for_recompute(
-    session: Session, keys: Sequence[ExecutionKey], existing: Collection[str] = (),
-) -> Locked:
-    """Create missing execution rows (all but the `existing` ones, known to be there), lock
-    them all in id order (no deadlocks), take their settled usage out of the rollups (put
-    back by `store_recomputed`) and read their lifecycle events: one round trip, the
-    statements pipelined in that order, each seeing what the ones before it did."""
-    ids = sorted({k.execution_id for k in keys})
-    statements: list[tuple[TextClause, Mapping[str, Any]]] = []
-    # An existing row's unique check would wait for whoever is updating it (the liveness
-    # pass): skip the insert for rows known to be there.
-    missing = [k for k in keys if k.execution_id not in existing]
-    if missing:
-        statements.append((_ENSURE, _ensure_params(missing)))
-    statements += [(_LOCK, {"ids": ids}), (_ROLLUP_DELTA, {"ids": ids, "sign": -1}),
-                   (_EVENTS, {"ids": ids})]
-    results = pipeline(session, statements)
-    return Locked({r[0]: r[1] for r in results[-3]}, [tuple(r) for r in results[-1]])
+
+def lock_statements(ids: Collection[str]) -> Statements:
+    """The statements that lock existing executions in id order (no deadlocks), take their
+    settled usage out of the rollups (put back by `store_statements`) and read their
+    lifecycle events, to be pipelined in that order (each sees what the ones before it did)
+    after whatever created the rows; `Locked.of` reads their answers."""
+    ordered = sorted(set(ids))
+    return [(_LOCK, {"ids": ordered}), (_ROLLUP_DELTA, {"ids": ordered, "sign": -1}),
+            (_EVENTS, {"ids": ordered})]
 
 
 def lifecycle_rows(session: Session, ids: Sequence[str]) -> list[tuple[Any, ...]]:
@@ -152,16 +144,14 @@ class Recomputed:
     segment_bounds: tuple[tuple[datetime, datetime | None], ...]
 
 
-def store_recomputed(
-    session: Session, items: Sequence[Recomputed], locked: Sequence[str],
-) -> None:
-    """Write the recomputed executions and their segments and put the settled usage of every
-    `locked` execution back into the rollups (`lock_for_recompute` took it out), in one
-    round trip (pipelined)."""
+def store_statements(items: Sequence[Recomputed], locked: Sequence[str]) -> Statements:
+    """The statements that write the recomputed executions and their segments and put the
+    settled usage of every `locked` execution back into the rollups (`lock_statements` took
+    it out), to be pipelined in that order."""
     if not locked:
-        return
+        return []
     ids = [i.execution_id for i in items]
-    statements: list[tuple[TextClause, Mapping[str, Any]]] = [] if not items else [(_UPDATE, {
+    statements: Statements = [] if not items else [(_UPDATE, {
         "execution_id": ids,
         "start_at": [i.start_at for i in items],
         "start_kind": [i.timeline.start_kind for i in items],
@@ -190,7 +180,13 @@ def store_recomputed(
     if seg_rows["execution_id"]:
         statements.append((_INSERT_SEGMENTS, seg_rows))
     statements.append((_ROLLUP_DELTA, {"ids": list(locked), "sign": 1}))
-    pipeline(session, statements)
+    return statements
+
+
+def store_recomputed(session: Session, items: Sequence[Recomputed], locked: Sequence[str], *,
+                     commit: bool = False) -> None:
+    """`store_statements` in one round trip (`commit`: with the unit of work's COMMIT)."""
+    pipeline(session, store_statements(items, locked), commit=commit)
 
 
 # The hourly contribution of settled executions, times :sign (+1 add, -1 subtract),

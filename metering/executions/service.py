@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
-from metering import known
 from metering.core.clock import from_ms, to_ms
 from metering.core.usage import LifecycleEvent, LifecycleKind, build_timeline
 from metering.executions import repository as repo
-from metering.executions.repository import ExecutionKey, Recomputed
+from metering.executions.repository import Locked, Recomputed
 
 
 def _as_int(value: Any) -> int | None:
@@ -22,23 +21,25 @@ def _as_int(value: Any) -> int | None:
     return int(value)
 
 
-def recompute(session: Session, keys: Sequence[ExecutionKey]) -> None:
-    """Rebuild the named executions from all their lifecycle events (stored + just added).
+def recompute(session: Session, ids: Collection[str], locked: Locked, *,
+              commit: bool = False) -> None:
+    """Rebuild the named executions from all their lifecycle events (stored + just added),
+    from what `repo.lock_statements` locked and read (for these and perhaps more), and write
+    them, putting back the settled usage of every locked execution (`commit`: with the unit
+    of work's COMMIT, in the same round trip).
 
-    The rows are locked first, so two batches touching one execution serialize and the
-    second sees the first's events.
+    The rows were locked first, so two batches touching one execution serialize and the
+    second sees the first's events. Every execution named must exist (ingest claims it before);
+    one that does not is an error, never a silently skipped recompute.
     """
-    if not keys:
-        return
-    new = set(known.executions.unknown(k.execution_id for k in keys))
-    existing = {k.execution_id for k in keys} - new
-    # Their old settled usage leaves the rollups here; the new one is put back on store.
-    locked = repo.lock_for_recompute(session, keys, existing)
     team_of = locked.team_of
-    known.executions.remember_after_commit(session, new)
+    rebuild = set(ids)
+    missing = rebuild - team_of.keys()
+    if missing:
+        raise RuntimeError(f"executions to recompute not found: {sorted(missing)[:5]}")
     by_execution: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for row in locked.events:
-        if row[0] in team_of:
+        if row[0] in rebuild:
             by_execution[row[0]].append(row)
     items: list[Recomputed] = []
     for execution_id, rows in by_execution.items():
@@ -75,4 +76,4 @@ def recompute(session: Session, keys: Sequence[ExecutionKey]) -> None:
                 for s in timeline.segments
             ),
         ))
-    repo.store_recomputed(session, items, sorted(team_of))
+    repo.store_recomputed(session, items, sorted(team_of), commit=commit)

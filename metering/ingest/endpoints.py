@@ -109,7 +109,8 @@ def _ingest(settings: Settings, sessions: sessionmaker[Session], token: str,
         principal.require("ingest", "finance")
         # Finance and admin may backfill past the maximum age on purpose.
         max_age = None if principal.role in BACKFILL_ROLES else settings.max_event_age_days
-        return service.ingest(session, batch, utc_now(), settings.future_tolerance_s, max_age)
+        return service.ingest(session, batch, utc_now(), settings.future_tolerance_s, max_age,
+                              commit=True)
 
     result = run_transaction(sessions, work, attempts=ATTEMPTS)
     return result.as_dict()

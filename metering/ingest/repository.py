@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -67,6 +68,29 @@ SELECT * FROM unnest(
     CAST(:time AS timestamptz[]), CAST(:data AS jsonb[]), CAST(:digest AS bytea[]))
 ON CONFLICT (source, id) DO NOTHING
 RETURNING source, id
+""")
+
+# The lifecycle events with the leases they end, in one statement: a started sandbox (its
+# created or resumed event stored now, not a duplicate) no longer needs the slot its lease
+# held, it counts as running. Answers the keys stored.
+_INSERT_LIFECYCLE_CONSUMING = text("""
+WITH stored AS (
+    INSERT INTO lifecycle_events
+        (source, id, type, subject, team_id, execution_id, time, data, digest)
+    SELECT * FROM unnest(
+        CAST(:source AS text[]), CAST(:id AS text[]), CAST(:type AS text[]),
+        CAST(:subject AS text[]), CAST(:team_id AS text[]), CAST(:execution_id AS text[]),
+        CAST(:time AS timestamptz[]), CAST(:data AS jsonb[]), CAST(:digest AS bytea[]))
+    ON CONFLICT (source, id) DO NOTHING
+    RETURNING source, id, type, subject
+), consumed AS (
+    UPDATE leases SET consumed_at = CAST(:now AS timestamptz)
+    WHERE sandbox_id IN (SELECT subject FROM stored
+                         WHERE type IN ('sandbox.lifecycle.created',
+                                        'sandbox.lifecycle.resumed'))
+      AND consumed_at IS NULL
+)
+SELECT source, id FROM stored
 """)
 
 _LIFECYCLE_DIGESTS = text("""
@@ -300,23 +324,28 @@ def _liveness_rows(newest_ms: dict[str, int]) -> str:
     return orjson.dumps([{"x": x, "ms": ms} for x, ms in newest_ms.items()]).decode()
 
 
-def store_new_samples(session: Session, events: Sequence[SandboxEvent]) -> bool:
+def store_new_samples(
+    session: Session, events: Sequence[SandboxEvent],
+    then: Sequence[tuple[TextClause, Mapping[str, Any]]] = (),
+) -> list[list[Any]] | None:
     """Store samples none of which was stored before (the usual batch), with the batch's
     liveness rows (as `log_liveness` writes them, from the same statement), in one round
-    trip: savepoint, plain insert and release are pipelined (`metering.db.pipeline`). False
-    when a key was stored before: nothing of it stayed (the savepoint is rolled back) and the
-    caller takes the exact path (`insert_pending`)."""
-    if not events:
-        return True
+    trip: savepoint, plain insert and release are pipelined (`metering.db.pipeline`), and
+    the statements `then` after them. Answers the rows of `then`'s statements. None when a
+    key was stored before: nothing of the samples stayed (the savepoint is rolled back),
+    `then` did not run, and the caller takes the exact path (`insert_pending`)."""
+    statements: list[tuple[TextClause | str, Mapping[str, Any]]] = [
+        (_SAVEPOINT, {}), (_INSERT_PENDING_FAST, {"rows": _sample_rows(events)}),
+        (_RELEASE, {}), *then]
     try:
-        pipeline(session, [(_SAVEPOINT, {}), (_INSERT_PENDING_FAST, {"rows": _sample_rows(events)}),
-                           (_RELEASE, {})])
+        # What follows the insert is skipped when it fails: never prepared (see `pipeline`).
+        results = pipeline(session, statements, may_fail_at=1)
     except IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
             raise
         session.execute(text(_ROLLBACK_TO))
-        return False
-    return True
+        return None
+    return results[3:]
 
 
 def insert_pending(session: Session, events: Sequence[SandboxEvent]) -> set[tuple[str, str]]:
@@ -356,10 +385,12 @@ def folded_tags(session: Session, events: Sequence[SandboxEvent]) -> dict[int, i
     return {int(r[0]): int(r[1]) for r in rows}
 
 
-def insert_lifecycle(session: Session, events: Sequence[SandboxEvent]) -> set[tuple[str, str]]:
-    if not events:
-        return set()
-    rows = session.execute(_INSERT_LIFECYCLE, {
+def lifecycle_statement(
+    events: Sequence[SandboxEvent], now: datetime,
+) -> tuple[TextClause, dict[str, Any]]:
+    """The statement that stores lifecycle events (skipping keys stored before) and consumes
+    the leases of the sandboxes they start; `stored_keys` reads its answer."""
+    return _INSERT_LIFECYCLE_CONSUMING, {
         "source": [e.source for e in events],
         "id": [e.id for e in events],
         "type": [e.type for e in events],
@@ -369,7 +400,11 @@ def insert_lifecycle(session: Session, events: Sequence[SandboxEvent]) -> set[tu
         "time": [e.time for e in events],
         "data": [orjson.dumps(e.data).decode() for e in events],
         "digest": [e.digest for e in events],
-    })
+        "now": now,
+    }
+
+
+def stored_keys(rows: Sequence[Any]) -> set[tuple[str, str]]:
     return {(r[0], r[1]) for r in rows}
 
 

@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from metering import known
-from metering.admissions import repository as admissions
 from metering.core.clock import from_ms, to_ms, utc_now
 from metering.core.events import (
     DEFAULT_MAX_AGE_DAYS,
@@ -24,9 +23,10 @@ from metering.core.events import (
     same_key,
     validate_batch,
 )
+from metering.db import pipeline
 from metering.executions import repository as executions_repo
 from metering.executions import service as executions
-from metering.executions.repository import ExecutionKey
+from metering.executions.repository import ExecutionKey, Statements
 from metering.ingest import repository as repo
 from metering.teams import service as teams
 
@@ -74,9 +74,13 @@ def _foreign_team(event: SandboxEvent) -> EventError:
 
 def ingest(
     session: Session, batch: list[Any], now: datetime, future_tolerance_s: int,
-    max_age_days: int | None = DEFAULT_MAX_AGE_DAYS,
+    max_age_days: int | None = DEFAULT_MAX_AGE_DAYS, *, commit: bool = False,
 ) -> IngestResult:
-    """`max_age_days` None lifts the maximum age (a deliberate backfill by finance or admin)."""
+    """`max_age_days` None lifts the maximum age (a deliberate backfill by finance or admin).
+
+    `commit`: the unit of work's COMMIT goes with the batch's last statements where they
+    allow it (a batch with lifecycle events), saving a round trip; the caller's own commit
+    then finds nothing left to do, so it must not write anything after this."""
     valid, errors = validate_batch(batch, now, future_tolerance_s, max_age_days)
     result = IngestResult(errors=errors)
     # Duplicates inside the batch are decided here; the store decides against the past.
@@ -101,9 +105,13 @@ def ingest(
         repo.lock_fold_shared(session)
     teams.ensure_teams(session, [e.team_id for e in unique], now)
     samples = [e for e in unique if e.kind == "host_stats"]
-    lifecycle = [e for e in unique if e.kind != "host_stats"]
-    _ingest_samples(session, samples, now, result)
-    _ingest_lifecycle(session, lifecycle, result)
+    # One key order for every batch (see `_ingest_samples`).
+    lifecycle = sorted((e for e in unique if e.kind != "host_stats"), key=lambda e: e.key)
+    # The lifecycle events' first statements ride with the samples' round trip.
+    then = _lifecycle_statements(lifecycle)
+    reads = _ingest_samples(session, samples, now, result, then)
+    if lifecycle:
+        _ingest_lifecycle(session, lifecycle, then, reads, result, commit=commit)
     return result
 
 
@@ -127,7 +135,6 @@ def _owned(
             ExecutionKey(c.execution_id, c.team_id, c.subject, from_ms(newest[c.execution_id]))
             for c in claims.values()])
         known.execution_owners.remember_after_commit(session, owners)
-        known.executions.remember_after_commit(session, owners)
     kept: list[SandboxEvent] = []
     for e in events:
         owner = owners.get(e.execution_id) or known.execution_owners.owner(e.execution_id)
@@ -139,10 +146,13 @@ def _owned(
 
 
 def _ingest_samples(
-    session: Session, samples: list[SandboxEvent], now: datetime, result: IngestResult
-) -> None:
+    session: Session, samples: list[SandboxEvent], now: datetime, result: IngestResult,
+    then: Statements,
+) -> list[list[Any]] | None:
+    """Store the samples; answers the rows of the statements `then` when they went in the
+    same round trip as the samples (the usual batch), None when the caller must run them."""
     if not samples:
-        return
+        return None
     horizon_ms = to_ms(now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE)
     old = [e for e in samples if e.time_ms < horizon_ms]
     to_insert = samples
@@ -161,9 +171,12 @@ def _ingest_samples(
     # One key order for every batch: two batches sharing keys (a retry racing its original)
     # then wait on each other instead of deadlocking.
     to_insert = sorted(to_insert, key=lambda e: e.key)
-    if repo.store_new_samples(session, to_insert):
+    if not to_insert:
+        return None
+    reads = repo.store_new_samples(session, to_insert, then)
+    if reads is not None:
         result.accepted += len(to_insert)
-        return
+        return reads
     inserted = repo.insert_pending(session, to_insert)
     repo.log_liveness(session, _newest([e for e in to_insert if e.key in inserted]))
     result.accepted += len(inserted)
@@ -178,6 +191,7 @@ def _ingest_samples(
                 result.errors.append(_conflict(event))
             else:  # vanished between insert and read: folded meanwhile; treat as duplicate
                 result.duplicates += 1
+    return None
 
 
 def _newest(stored: list[SandboxEvent]) -> dict[str, int]:
@@ -189,11 +203,22 @@ def _newest(stored: list[SandboxEvent]) -> dict[str, int]:
     return newest
 
 
-def _ingest_lifecycle(session: Session, events: list[SandboxEvent], result: IngestResult) -> None:
+def _lifecycle_statements(events: list[SandboxEvent]) -> Statements:
+    """Store the lifecycle events (their started sandboxes' leases consumed), then lock
+    their executions and read every lifecycle event of them (`lock_statements`)."""
     if not events:
-        return
-    events = sorted(events, key=lambda e: e.key)
-    inserted = repo.insert_lifecycle(session, events)
+        return []
+    return [repo.lifecycle_statement(events, utc_now()),
+            *executions_repo.lock_statements({e.execution_id for e in events})]
+
+
+def _ingest_lifecycle(
+    session: Session, events: list[SandboxEvent], statements: Statements,
+    reads: list[list[Any]] | None, result: IngestResult, *, commit: bool,
+) -> None:
+    if reads is None:
+        reads = pipeline(session, statements)
+    inserted = repo.stored_keys(reads[0])
     result.accepted += len(inserted)
     missing = [e for e in events if e.key not in inserted]
     if missing:
@@ -203,14 +228,7 @@ def _ingest_lifecycle(session: Session, events: list[SandboxEvent], result: Inge
                 result.duplicates += 1
             else:
                 result.errors.append(_conflict(event))
-    stored = [e for e in events if e.key in inserted]
-    # A started sandbox no longer needs the slot its lease held: it counts as running now.
-    admissions.consume(session, [e.subject for e in stored if e.kind in ("created", "resumed")],
-                       utc_now())
-    newest: dict[str, ExecutionKey] = {}
-    for event in stored:
-        current = newest.get(event.execution_id)
-        if current is None or event.time_ms > to_ms(current.last_event_at):
-            newest[event.execution_id] = ExecutionKey(
-                event.execution_id, event.team_id, event.subject, event.time)
-    executions.recompute(session, list(newest.values()))
+    # Only executions with an event stored now are rebuilt; the others (duplicates) were
+    # locked and read all the same, and their settled usage is put back as it was.
+    stored = {e.execution_id for e in events if e.key in inserted}
+    executions.recompute(session, stored, executions_repo.Locked.of(reads), commit=commit)

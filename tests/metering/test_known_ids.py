@@ -23,7 +23,6 @@ def iso(moment: datetime) -> str:
 
 @pytest.fixture
 def small_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(known, "executions", known.KnownIds(generation=4))
     monkeypatch.setattr(known, "execution_owners", known.KnownOwners(generation=4))
     yield
 
@@ -92,17 +91,18 @@ def test_a_team_quiet_for_an_hour_is_still_known(monkeypatch: pytest.MonkeyPatch
     # An API process learns teams from admissions only: one that started nothing for an
     # hour keeps its admissions' fast path, while executions that long gone are forgotten.
     now = [0.0]  # float-ok: seconds
-    for memory in (known.teams, known.executions):
-        monkeypatch.setattr(memory._known, "_clock", lambda: now[0])
-        monkeypatch.setattr(memory._known, "_started", 0.0)
-        memory.remember(["quiet"])
+    for generations in (known.teams._known, known.execution_owners._owner):
+        monkeypatch.setattr(generations, "_clock", lambda: now[0])
+        monkeypatch.setattr(generations, "_started", 0.0)
+    known.teams.remember(["quiet"])
+    known.execution_owners.remember({"quiet": "team_1"})
     for minute in range(1, 61):
         now[0] = 60.0 * minute  # float-ok: seconds
-        for memory in (known.teams, known.executions):
-            memory.remember([f"busy_{minute}"])
+        known.teams.remember([f"busy_{minute}"])
+        known.execution_owners.remember({f"busy_{minute}": "team_1"})
     try:
         assert known.teams.unknown(["quiet"]) == []
-        assert known.executions.unknown(["quiet"]) == ["quiet"]
+        assert known.execution_owners.owner("quiet") is None
     finally:
         known.forget_all()  # the module's memories, shared with other tests in this process
 
