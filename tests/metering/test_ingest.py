@@ -11,8 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from metering import db
+from metering.executions import repository as executions_repo
 from metering.ingest import repository
 from metering.usage.repository import ROLLUPS
 from tests.conftest import Keys, event
@@ -199,3 +201,43 @@ def test_a_stored_sample_is_a_duplicate_whenever_the_database_says_so(
     fresh = event("host_stats", time=iso(T0 + timedelta(seconds=2)), cpu_pct=6, id="s2")
     body = post(client, api_keys.ingest, [sample, fresh])
     assert body == {"accepted": 1, "duplicates": 1, "rejected": 0, "errors": []}
+
+
+def _execution(engine: Engine, execution_id: str = "exe_1") -> tuple[Any, ...]:
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT end_at, end_kind, inferred_end_at FROM executions WHERE execution_id = :x"),
+            {"x": execution_id}).one()
+    return tuple(row)
+
+
+def test_lifecycle_events_beside_a_resent_sample_are_stored_and_applied(
+    client: TestClient, api_keys: Keys, engine: Engine,
+) -> None:
+    """A batch's lifecycle events go out with its samples; when a resent sample sends the
+    samples down the exact path, the lifecycle events still are stored and applied."""
+    sample = event("host_stats", time=iso(T0 + timedelta(seconds=1)), cpu_pct=5, id="s1")
+    created = event("created", time=iso(T0), vcpu=1, memory_mib=512, id="c1")
+    assert post(client, api_keys.ingest, [created, sample])["accepted"] == 2
+    killed = event("killed", time=iso(T0 + timedelta(seconds=30)), reason="request", id="k1")
+    body = post(client, api_keys.ingest, [sample, killed])
+    assert body == {"accepted": 1, "duplicates": 1, "rejected": 0, "errors": []}
+    end_at, end_kind, _ = _execution(engine)
+    assert (end_at, end_kind) == (T0 + timedelta(seconds=30), "killed")
+
+
+def test_a_resent_lifecycle_event_leaves_a_settled_execution_settled(
+    client: TestClient, api_keys: Keys, engine: Engine, sessions: sessionmaker[Session],
+) -> None:
+    """An execution that went quiet is settled at its last event; its created event sent
+    again is a duplicate and changes nothing: the execution stays settled where it was."""
+    created = event("created", time=iso(T0), vcpu=1, memory_mib=512, id="c1")
+    sample = event("host_stats", time=iso(T0 + timedelta(seconds=5)), cpu_pct=5, id="s1")
+    assert post(client, api_keys.ingest, [created, sample])["accepted"] == 2
+    settled_at = T0 + timedelta(seconds=5)  # its newest event
+    with db.transaction(sessions) as session:
+        assert executions_repo.settle_stale(session, NOW, timedelta(minutes=1), 100) == ["exe_1"]
+    assert _execution(engine) == (None, None, settled_at)
+    body = post(client, api_keys.ingest, [created])
+    assert body == {"accepted": 0, "duplicates": 1, "rejected": 0, "errors": []}
+    assert _execution(engine) == (None, None, settled_at)
