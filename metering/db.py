@@ -228,6 +228,11 @@ T = TypeVar("T")
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "26000"})
 
 
+class RunAgain(Exception):
+    """Raised by a unit of work that found it must run again whole (nothing of it may
+    commit: `run_transaction` rolls it back first), having learnt what the next run needs."""
+
+
 def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T], *,
                     attempts: int = 1) -> T:
     """`work` as one unit of work (`transaction`), run again whole, up to `attempts` times in
@@ -239,6 +244,10 @@ def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T]
         try:
             with transaction(factory) as session:
                 return work(session)
+        except RunAgain:
+            if attempt == attempts:
+                raise
+            log.info("the unit of work asked to run again", extra={"attempt": attempt})
         except DBAPIError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None)
             lost = exc.connection_invalidated

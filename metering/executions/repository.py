@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from metering.core.usage import Timeline
 from metering.db import pipeline
+
+Statements = list[tuple[TextClause, Mapping[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,19 +90,22 @@ SELECT execution_id, team_id FROM executions WHERE execution_id = ANY(CAST(:ids 
 """)
 
 
-def ensure_owners(session: Session, keys: Sequence[ExecutionKey]) -> dict[str, str]:
-    """Create missing execution rows (each key's team becomes its owner, for ever), then
-    answer execution id -> owning team for every key. Two statements pipelined in one round
-    trip, so that a row another transaction created meanwhile (the insert waited for it) is
-    seen by the read, which has a snapshot of its own."""
-    if not keys:
-        return {}
-    ids = sorted({k.execution_id for k in keys})
-    _, owners = pipeline(session, [(_ENSURE, _ensure_params(keys)), (_OWNERS, {"ids": ids})])
-    return {r[0]: r[1] for r in owners}
+def claim_statements(keys: Sequence[ExecutionKey]) -> Statements:
+    """The statements that create missing execution rows (each key's team becomes its owner,
+    for ever), then read execution id -> owning team for every key (`owners_of` its rows):
+    to be pipelined in that order, so that a row another transaction created meanwhile (the
+    insert waited for it) is seen by the read, which has a snapshot of its own."""
+    return [(_ENSURE, _ensure_params(keys)),
+            *owners_statement(k.execution_id for k in keys)]
 
 
-Statements = list[tuple[TextClause, Mapping[str, Any]]]
+def owners_statement(ids: Iterable[str]) -> Statements:
+    """The statement that reads the owning team of each execution (`owners_of` its rows)."""
+    return [(_OWNERS, {"ids": sorted(set(ids))})]
+
+
+def owners_of(rows: Sequence[Any]) -> dict[str, str]:
+    return {r[0]: r[1] for r in rows}
 
 
 @dataclass(frozen=True, slots=True)

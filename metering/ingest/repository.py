@@ -326,26 +326,28 @@ def _liveness_rows(newest_ms: dict[str, int]) -> str:
 
 def store_new_samples(
     session: Session, events: Sequence[SandboxEvent],
+    before: Sequence[tuple[TextClause, Mapping[str, Any]]] = (),
     then: Sequence[tuple[TextClause, Mapping[str, Any]]] = (),
 ) -> list[list[Any]] | None:
     """Store samples none of which was stored before (the usual batch), with the batch's
     liveness rows (as `log_liveness` writes them, from the same statement), in one round
-    trip: savepoint, plain insert and release are pipelined (`metering.db.pipeline`), and
-    the statements `then` after them. Answers the rows of `then`'s statements. None when a
-    key was stored before: nothing of the samples stayed (the savepoint is rolled back),
-    `then` did not run, and the caller takes the exact path (`insert_pending`)."""
+    trip: savepoint, plain insert and release are pipelined (`metering.db.pipeline`), with
+    the statements `before` ahead of them and `then` after them. Answers the rows of
+    `before`'s and `then`'s statements, in order. None when a key was stored before: nothing
+    of the samples stayed (the savepoint is rolled back), `before` ran (its rows are lost),
+    `then` did not, and the caller takes the exact path (`insert_pending`)."""
     statements: list[tuple[TextClause | str, Mapping[str, Any]]] = [
-        (_SAVEPOINT, {}), (_INSERT_PENDING_FAST, {"rows": _sample_rows(events)}),
+        *before, (_SAVEPOINT, {}), (_INSERT_PENDING_FAST, {"rows": _sample_rows(events)}),
         (_RELEASE, {}), *then]
     try:
         # What follows the insert is skipped when it fails: never prepared (see `pipeline`).
-        results = pipeline(session, statements, may_fail_at=1)
+        results = pipeline(session, statements, may_fail_at=len(before) + 1)
     except IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
             raise
         session.execute(text(_ROLLBACK_TO))
         return None
-    return results[3:]
+    return results[:len(before)] + results[len(before) + 3:]
 
 
 def insert_pending(session: Session, events: Sequence[SandboxEvent]) -> set[tuple[str, str]]:

@@ -23,7 +23,7 @@ from metering.core.events import (
     same_key,
     validate_batch,
 )
-from metering.db import pipeline
+from metering.db import RunAgain, pipeline
 from metering.executions import repository as executions_repo
 from metering.executions import service as executions
 from metering.executions.repository import ExecutionKey, Statements
@@ -95,7 +95,7 @@ def ingest(
             result.duplicates += 1
         else:
             result.errors.append(_conflict(event))
-    unique = _owned(session, unique, result)
+    unique, claims = _owned(unique, result)
     if not unique:
         return result
     horizon_ms = to_ms(now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE)
@@ -107,52 +107,132 @@ def ingest(
     samples = [e for e in unique if e.kind == "host_stats"]
     # One key order for every batch (see `_ingest_samples`).
     lifecycle = sorted((e for e in unique if e.kind != "host_stats"), key=lambda e: e.key)
-    # The lifecycle events' first statements ride with the samples' round trip.
-    then = _lifecycle_statements(lifecycle)
-    reads = _ingest_samples(session, samples, now, result, then)
+    # The new executions' claims and the lifecycle events' first statements ride with the
+    # samples' round trip.
+    riders = _Riders(claims, _lifecycle_statements(lifecycle))
+    _ingest_samples(session, samples, now, result, riders)
+    riders.run_rest(session)
+    _check_claims(session, claims, riders.owners)
     if lifecycle:
-        _ingest_lifecycle(session, lifecycle, then, reads, result, commit=commit)
+        _ingest_lifecycle(session, lifecycle, riders.lifecycle_rows, result, commit=commit)
     return result
 
 
+class ClaimLost(RunAgain):
+    """An execution this batch claimed belongs to another team (its row was made by another
+    batch meanwhile); its events were stored as if it were this team's. Nothing of the unit
+    of work may commit: run it again, knowing the owner (remembered already)."""
+
+
+@dataclass
+class _Claims:
+    """New executions of the batch, each claimed by the team of its first event."""
+
+    teams: dict[str, str]
+    statements: Statements
+
+
+@dataclass
+class _Riders:
+    """Statements that go with the batch's first write (`repo.store_new_samples`) or, when
+    there is none or it fails, with the next round trip: the claims first (the lifecycle's
+    lock needs their rows), then the lifecycle's. What they answered once run."""
+
+    claims: _Claims | None
+    lifecycle: Statements
+    claims_ran: bool = False
+    done: bool = False
+    owners: dict[str, str] = field(default_factory=dict)
+    lifecycle_rows: list[list[Any]] = field(default_factory=list)
+
+    @property
+    def statements(self) -> Statements:
+        return [*(self.claims.statements if self.claims else ()), *self.lifecycle]
+
+    def answered(self, rows: list[list[Any]]) -> None:
+        """The rows of `statements`, run."""
+        if self.claims is not None:
+            self.owners = executions_repo.owners_of(rows[1])
+            rows = rows[2:]
+        self.claims_ran = self.done = True
+        self.lifecycle_rows = rows
+
+    def ran_unanswered(self) -> None:
+        """The claims ran (before a failure that skipped the rest) but their answer is lost."""
+        self.claims_ran = True
+
+    def run_rest(self, session: Session) -> None:
+        if self.done or not self.statements:
+            return
+        if not self.claims_ran:
+            self.answered(pipeline(session, self.statements))
+            return
+        # The claims' rows are made: only their owners are read again.
+        rows = pipeline(session, [
+            *(executions_repo.owners_statement(self.claims.teams) if self.claims else ()),
+            *self.lifecycle])
+        if self.claims is not None:
+            self.owners = executions_repo.owners_of(rows[0])
+            rows = rows[1:]
+        self.lifecycle_rows = rows
+        self.done = True
+
+
 def _owned(
-    session: Session, events: list[SandboxEvent], result: IngestResult
-) -> list[SandboxEvent]:
-    """The events whose team owns their execution. An execution first seen here is claimed
-    by the team of its first event in the batch; one naming another team is a conflict."""
+    events: list[SandboxEvent], result: IngestResult
+) -> tuple[list[SandboxEvent], _Claims | None]:
+    """The events whose team owns their execution, and the claims of the executions first
+    seen here: each is claimed by the team of its first event in the batch, and events
+    naming another team for it are conflicts. The claims are made (and checked) with the
+    batch's first write (`_Riders`, `_check_claims`), not in a round trip of their own."""
     claims: dict[str, SandboxEvent] = {}
     newest: dict[str, int] = {}
-    for e in events:
-        claim = claims.get(e.execution_id)
-        if claim is None and known.execution_owners.owner(e.execution_id) is None:
-            claims[e.execution_id] = claim = e
-        if claim is not None and claim.team_id == e.team_id:
-            # A new row's liveness starts at its newest event (samples keep it fresh later).
-            newest[e.execution_id] = max(newest.get(e.execution_id, e.time_ms), e.time_ms)
-    owners: dict[str, str] = {}
-    if claims:
-        owners = executions_repo.ensure_owners(session, [
-            ExecutionKey(c.execution_id, c.team_id, c.subject, from_ms(newest[c.execution_id]))
-            for c in claims.values()])
-        known.execution_owners.remember_after_commit(session, owners)
     kept: list[SandboxEvent] = []
     for e in events:
-        owner = owners.get(e.execution_id) or known.execution_owners.owner(e.execution_id)
-        if owner is not None and owner != e.team_id:
+        owner = known.execution_owners.owner(e.execution_id)
+        if owner is None:
+            claim = claims.get(e.execution_id)
+            if claim is None:
+                claims[e.execution_id] = claim = e
+            owner = claim.team_id
+            if owner == e.team_id:
+                # A new row's liveness starts at its newest event (samples keep it fresh).
+                newest[e.execution_id] = max(newest.get(e.execution_id, e.time_ms), e.time_ms)
+        if owner != e.team_id:
             result.errors.append(_foreign_team(e))
         else:
             kept.append(e)
-    return kept
+    if not claims:
+        return kept, None
+    statements = executions_repo.claim_statements([
+        ExecutionKey(c.execution_id, c.team_id, c.subject, from_ms(newest[c.execution_id]))
+        for c in claims.values()])
+    return kept, _Claims({x: c.team_id for x, c in claims.items()}, statements)
+
+
+def _check_claims(session: Session, claims: _Claims | None, owners: dict[str, str]) -> None:
+    """Every claim held (the execution is the claiming team's), remembered once committed;
+    or the owners learnt and the unit of work run again (`ClaimLost`)."""
+    if claims is None:
+        return
+    if claims.teams.keys() - owners.keys():
+        raise RuntimeError("a claimed execution has no row after its claim")
+    lost = {x: owners[x] for x, team in claims.teams.items() if owners[x] != team}
+    if lost:
+        # Made by another transaction, committed (the claim's insert waited for it).
+        known.execution_owners.remember(lost)
+        raise ClaimLost(f"{len(lost)} execution(s) of the batch belong to another team")
+    known.execution_owners.remember_after_commit(session, claims.teams)
 
 
 def _ingest_samples(
     session: Session, samples: list[SandboxEvent], now: datetime, result: IngestResult,
-    then: Statements,
-) -> list[list[Any]] | None:
-    """Store the samples; answers the rows of the statements `then` when they went in the
-    same round trip as the samples (the usual batch), None when the caller must run them."""
+    riders: _Riders,
+) -> None:
+    """Store the samples; the `riders` go in the same round trip when the samples take the
+    fast path (the usual batch)."""
     if not samples:
-        return None
+        return
     horizon_ms = to_ms(now.replace(second=0, microsecond=0) - FOLD_SAFE_AGE)
     old = [e for e in samples if e.time_ms < horizon_ms]
     to_insert = samples
@@ -172,11 +252,15 @@ def _ingest_samples(
     # then wait on each other instead of deadlocking.
     to_insert = sorted(to_insert, key=lambda e: e.key)
     if not to_insert:
-        return None
-    reads = repo.store_new_samples(session, to_insert, then)
+        return
+    before = riders.claims.statements if riders.claims else []
+    reads = repo.store_new_samples(session, to_insert, before, riders.lifecycle)
     if reads is not None:
+        riders.answered(reads)
         result.accepted += len(to_insert)
-        return reads
+        return
+    if before:
+        riders.ran_unanswered()
     inserted = repo.insert_pending(session, to_insert)
     repo.log_liveness(session, _newest([e for e in to_insert if e.key in inserted]))
     result.accepted += len(inserted)
@@ -191,7 +275,6 @@ def _ingest_samples(
                 result.errors.append(_conflict(event))
             else:  # vanished between insert and read: folded meanwhile; treat as duplicate
                 result.duplicates += 1
-    return None
 
 
 def _newest(stored: list[SandboxEvent]) -> dict[str, int]:
@@ -213,11 +296,9 @@ def _lifecycle_statements(events: list[SandboxEvent]) -> Statements:
 
 
 def _ingest_lifecycle(
-    session: Session, events: list[SandboxEvent], statements: Statements,
-    reads: list[list[Any]] | None, result: IngestResult, *, commit: bool,
+    session: Session, events: list[SandboxEvent], reads: list[list[Any]],
+    result: IngestResult, *, commit: bool,
 ) -> None:
-    if reads is None:
-        reads = pipeline(session, statements)
     inserted = repo.stored_keys(reads[0])
     result.accepted += len(inserted)
     missing = [e for e in events if e.key not in inserted]
