@@ -91,8 +91,8 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.execute(select(ApiKey).order_by(ApiKey.created_at)).scalars())
 
 
-# Sent through the driver's pipeline: as a request's first statement it travels with the
-# transaction's BEGIN in one round trip instead of two.
+# Sent through the driver's pipeline (prepared after a few uses). psycopg opens the
+# transaction before it with a BEGIN in a round trip of its own (docs/scaling.md).
 _RESOLVE = "SELECT id, role, team_id, revoked_at, digest FROM api_keys WHERE digest = %(digest)s"
 
 
