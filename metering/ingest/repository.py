@@ -60,16 +60,6 @@ CROSS JOIN LATERAL unnest(m.tags) AS t(tag)
 WHERE (t.tag >> 16) = (k.tag >> 16)
 """)
 
-_INSERT_LIFECYCLE = text("""
-INSERT INTO lifecycle_events (source, id, type, subject, team_id, execution_id, time, data, digest)
-SELECT * FROM unnest(
-    CAST(:source AS text[]), CAST(:id AS text[]), CAST(:type AS text[]),
-    CAST(:subject AS text[]), CAST(:team_id AS text[]), CAST(:execution_id AS text[]),
-    CAST(:time AS timestamptz[]), CAST(:data AS jsonb[]), CAST(:digest AS bytea[]))
-ON CONFLICT (source, id) DO NOTHING
-RETURNING source, id
-""")
-
 # The lifecycle events with the leases they end, in one statement: a started sandbox (its
 # created or resumed event stored now, not a duplicate) no longer needs the slot its lease
 # held, it counts as running. Answers the keys stored.
