@@ -149,11 +149,12 @@ class _Riders:
     def statements(self) -> Statements:
         return [*(self.claims.statements if self.claims else ()), *self.lifecycle]
 
-    def answered(self, rows: list[list[Any]]) -> None:
-        """The rows of `statements`, run."""
+    def answered(self, rows: list[list[Any]], claim_statements: int = 2) -> None:
+        """The rows of the claims' statements (the last of them the owners read) and the
+        lifecycle's, run."""
         if self.claims is not None:
-            self.owners = executions_repo.owners_of(rows[1])
-            rows = rows[2:]
+            self.owners = executions_repo.owners_of(rows[claim_statements - 1])
+            rows = rows[claim_statements:]
         self.claims_ran = self.done = True
         self.lifecycle_rows = rows
 
@@ -168,14 +169,8 @@ class _Riders:
             self.answered(pipeline(session, self.statements))
             return
         # The claims' rows are made: only their owners are read again.
-        rows = pipeline(session, [
-            *(executions_repo.owners_statement(self.claims.teams) if self.claims else ()),
-            *self.lifecycle])
-        if self.claims is not None:
-            self.owners = executions_repo.owners_of(rows[0])
-            rows = rows[1:]
-        self.lifecycle_rows = rows
-        self.done = True
+        owners = executions_repo.owners_statement(self.claims.teams) if self.claims else []
+        self.answered(pipeline(session, [*owners, *self.lifecycle]), claim_statements=1)
 
 
 def _owned(
