@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from metering import db
+from metering import db, known
 from metering.executions import repository as executions_repo
 from metering.ingest import repository
 from metering.usage.repository import ROLLUPS
@@ -241,3 +241,24 @@ def test_a_resent_lifecycle_event_leaves_a_settled_execution_settled(
     body = post(client, api_keys.ingest, [created])
     assert body == {"accepted": 0, "duplicates": 1, "rejected": 0, "errors": []}
     assert _execution(engine) == (None, None, settled_at)
+
+
+def test_a_resent_sample_beside_an_execution_the_process_forgot_is_answered(
+    client: TestClient, api_keys: Keys, engine: Engine,
+) -> None:
+    """The claim of an execution the process does not know rides before the samples; when a
+    resent sample sends them down the exact path, its owner is read again and the batch's
+    lifecycle events are still applied."""
+    sample = event("host_stats", time=iso(T0 + timedelta(seconds=1)), cpu_pct=5, id="s1")
+    created = event("created", time=iso(T0), vcpu=1, memory_mib=512, id="c1")
+    assert post(client, api_keys.ingest, [created, sample])["accepted"] == 2
+    known.forget_all()
+    killed = event("killed", time=iso(T0 + timedelta(seconds=30)), reason="request", id="k1")
+    body = post(client, api_keys.ingest, [sample, killed])
+    assert body == {"accepted": 1, "duplicates": 1, "rejected": 0, "errors": []}
+    end_at, end_kind, _ = _execution(engine)
+    assert (end_at, end_kind) == (T0 + timedelta(seconds=30), "killed")
+    foreign = event("host_stats", team="team_2", time=iso(T0 + timedelta(seconds=2)), id="s2")
+    known.forget_all()
+    body = post(client, api_keys.ingest, [sample, foreign])
+    assert body["rejected"] == 1 and body["errors"][0]["code"] == "conflict"
