@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy import MetaData, create_engine
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.elements import TextClause
@@ -99,18 +100,24 @@ def pipeline(
     if not statements:
         return []
     compiled = [(driver_sql(sql), params) for sql, params in statements]
-    with driver(session) as raw, pipelined(raw):
+    with driver(session, pipeline=True) as raw:
         cursors = [raw.execute(sql, params, prepare=(
             False if may_fail_at is not None and i > may_fail_at else prepare_in_pipeline(sql)))
             for i, (sql, params) in enumerate(compiled)]
         if commit:
-            raw.commit()
+            raw.execute(COMMIT, prepare=False)
     return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
 
 
 # Transaction control: nothing to plan, and the statements a failure can skip in a
 # transaction that goes on (a savepoint's release).
-_NEVER_PREPARED = ("SAVEPOINT", "RELEASE", "ROLLBACK", "SET ")
+_NEVER_PREPARED = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK", "SET ")
+
+# Sent as statements of a pipeline, not by psycopg's `commit()` (which waits for the COMMIT's
+# answer, and then the pipeline's end waits once more) nor by its implicit BEGIN (a round
+# trip of its own before the first statement): see `begin_with_first_statement`.
+BEGIN = "BEGIN"
+COMMIT = "COMMIT"
 
 
 def prepare_in_pipeline(statement: TextClause | str) -> bool | None:
@@ -166,15 +173,24 @@ def first_error(exc: psycopg.Error) -> psycopg.Error:
 
 
 @contextmanager
-def driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
+def driver(session: Session, *, pipeline: bool = False) -> Iterator[psycopg.Connection[Any]]:
     """The psycopg connection under the session's transaction, for what SQLAlchemy cannot
     do (pipeline mode). Its errors come out as SQLAlchemy's (so a dead server is a 503 and
-    the pool drops the connection), exactly as if SQLAlchemy had run the statements."""
+    the pool drops the connection), exactly as if SQLAlchemy had run the statements.
+
+    `pipeline`: in pipeline mode (`pipelined`), the transaction's BEGIN, when it is still
+    to be sent, queued as its first statement (`begin_with_first_statement`)."""
     connection = session.connection()
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
     try:
-        yield raw
+        if pipeline:
+            with pipelined(raw):
+                _send_pending_begin(connection, raw)
+                yield raw
+        else:
+            _send_pending_begin(connection, raw)
+            yield raw
     except psycopg.Error as raised:
         exc = first_error(raised)
         broken = raw.broken or raw.closed
@@ -184,14 +200,51 @@ def driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
                                   connection_invalidated=broken) from exc
 
 
+# Where a connection keeps that its transaction has begun and its BEGIN is not sent yet.
+_BEGIN_PENDING = "metering.begin_pending"
+
+
+def begin_with_first_statement(engine: Engine) -> None:
+    """Send each transaction's BEGIN with its first statement instead of before it.
+
+    psycopg opens a transaction with a BEGIN in a round trip of its own (in pipeline mode
+    too), so that every request waited for the database once more than its statements need;
+    under load each wait is a wait for a core. Here the connections are in autocommit mode
+    (psycopg sends no BEGIN), a transaction SQLAlchemy begins is remembered on its
+    connection, and the BEGIN goes out ahead of the first statement: queued in the same
+    pipeline when that statement is pipelined (`driver(pipeline=True)`), otherwise sent
+    just before it, as psycopg did. Commit and rollback are unchanged: psycopg sends them
+    whenever the server says a transaction is open, autocommit or not. A connection asked
+    for autocommit explicitly (`VACUUM`) gets no BEGIN."""
+    sa_event.listen(engine, "begin", _transaction_begun)
+    sa_event.listen(engine, "before_cursor_execute", _before_statement)
+
+
+def _transaction_begun(connection: Connection) -> None:
+    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        connection.connection.info[_BEGIN_PENDING] = True
+
+
+def _before_statement(connection: Connection, cursor: Any, *_: Any) -> None:
+    if connection.connection.info.pop(_BEGIN_PENDING, False):
+        cursor.connection.execute(BEGIN, prepare=False)
+
+
+def _send_pending_begin(connection: Connection, raw: psycopg.Connection[Any]) -> None:
+    if connection.connection.info.pop(_BEGIN_PENDING, False):
+        raw.execute(BEGIN, prepare=False)
+
+
 def make_engine(url: str, pool_size: int = 10, statement_timeout_ms: int | None = None,
                 pool_timeout_s: float = 5, pre_ping: bool = False) -> Engine:  # float-ok
-    """A pooled engine; `statement_timeout_ms` bounds every statement (the read pool's)."""
+    """A pooled engine; `statement_timeout_ms` bounds every statement (the read pool's).
+    Its transactions' BEGIN goes with their first statement (`begin_with_first_statement`)."""
     options = "-c timezone=UTC"
     if statement_timeout_ms is not None:
         options += f" -c statement_timeout={int(statement_timeout_ms)}"
-    return create_engine(
+    engine = create_engine(
         sqlalchemy_url(url),
+        isolation_level="AUTOCOMMIT",
         pool_size=pool_size,
         max_overflow=pool_size,
         # No pre-ping on the hot path: it costs a round trip per request. A connection found
@@ -200,6 +253,8 @@ def make_engine(url: str, pool_size: int = 10, statement_timeout_ms: int | None 
         pool_timeout=pool_timeout_s,
         connect_args={"connect_timeout": 3, "options": options},
     )
+    begin_with_first_statement(engine)
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -271,9 +326,9 @@ def commit_with(session: Session, statement: TextClause | str, params: Mapping[s
     `durable=False`: the commit returns once its work is visible to every other transaction,
     without waiting for its WAL to be flushed (a database crash can lose it; a crash of this
     process cannot)."""
-    with driver(session) as raw, pipelined(raw):
+    with driver(session, pipeline=True) as raw:
         if not durable:
             raw.execute(NO_FLUSH_WAIT, prepare=False)
         sql = driver_sql(statement)
         raw.execute(sql, params, prepare=prepare_in_pipeline(sql))
-        raw.commit()
+        raw.execute(COMMIT, prepare=False)

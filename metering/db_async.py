@@ -22,7 +22,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import Engine
 
-from metering.db import NO_FLUSH_WAIT, prepare_in_pipeline
+from metering.db import BEGIN, COMMIT, NO_FLUSH_WAIT, prepare_in_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,10 @@ async def open_pool(state: Any, engine: Engine, size: int) -> None:
     start-up; requests then take the threaded path until it is back)."""
     pool = AsyncConnectionPool(
         _conninfo(engine), min_size=1, max_size=size, open=False, timeout=_GET_TIMEOUT_S,
-        kwargs={"options": "-c timezone=UTC", "connect_timeout": 3}, name="admissions")
+        # Autocommit: psycopg sends no BEGIN of its own (a round trip before the first
+        # statement); `begin` queues it with the first pipeline instead.
+        kwargs={"options": "-c timezone=UTC", "connect_timeout": 3, "autocommit": True},
+        name="admissions")
     await pool.open(wait=False)
     _pools(state)[id(asyncio.get_running_loop())] = pool
 
@@ -93,12 +96,20 @@ async def commit_with(conn: psycopg.AsyncConnection[Any], statement: str,
         if not durable:
             await conn.execute(NO_FLUSH_WAIT, prepare=False)
         await conn.execute(statement, params, prepare=prepare_in_pipeline(statement))
-        await conn.commit()
+        await conn.execute(COMMIT, prepare=False)
+
+
+async def begin(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Open the unit of work: its BEGIN queued as the first statement of the pipeline the
+    caller is in (the pool's connections are in autocommit mode; see
+    `metering.db.begin_with_first_statement`)."""
+    await conn.execute(BEGIN, prepare=False)
 
 
 @asynccontextmanager
 async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """A pooled connection in a transaction that is rolled back unless the body committed.
+    """A pooled connection for one unit of work (the body opens it with `begin`), rolled
+    back unless the body committed.
     Database errors (and a pool that cannot hand out a connection in time) come out as
     `FastPathUnavailable`; other exceptions pass through."""
     try:

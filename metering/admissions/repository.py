@@ -16,7 +16,8 @@ from psycopg.rows import TupleRow
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from metering.db import driver, pipelined, prepare_in_pipeline
+from metering import db_async
+from metering.db import driver, prepare_in_pipeline
 from metering.db_async import pipelined as pipelined_async
 from metering.plugins import Prefetch, TeamRead
 from metering.usage import running
@@ -112,7 +113,7 @@ def prefetch(
     The statements of a pipeline run one after another, each with a snapshot of its own, so
     the reads after the lock see every admission of the team that committed before it."""
     params = _params(digest, team_id, sandbox_id, now, stale)
-    with driver(session) as raw, pipelined(raw):
+    with driver(session, pipeline=True) as raw:
         key = raw.execute(_KEY, params, prepare=_PREPARE)
         raw.execute(_LOCK, params, prepare=_PREPARE)
         lease = raw.execute(_LIVE_LEASE, params, prepare=_PREPARE)
@@ -130,6 +131,7 @@ async def prefetch_async(
     """`prefetch` on the event loop's connection: the same statements, the same round trip."""
     params = _params(digest, team_id, sandbox_id, now, stale)
     async with pipelined_async(conn):
+        await db_async.begin(conn)
         key = await conn.execute(_KEY, params, prepare=_PREPARE)
         await conn.execute(_LOCK, params, prepare=_PREPARE)
         lease = await conn.execute(_LIVE_LEASE, params, prepare=_PREPARE)

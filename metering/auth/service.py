@@ -91,8 +91,8 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.execute(select(ApiKey).order_by(ApiKey.created_at)).scalars())
 
 
-# Sent through the driver's pipeline (prepared after a few uses). psycopg opens the
-# transaction before it with a BEGIN in a round trip of its own (docs/scaling.md).
+# Sent through the driver's pipeline (prepared after a few uses), the transaction's BEGIN
+# queued ahead of it when it is the first statement (`metering.db.begin_with_first_statement`).
 _RESOLVE = "SELECT id, role, team_id, revoked_at, digest FROM api_keys WHERE digest = %(digest)s"
 
 

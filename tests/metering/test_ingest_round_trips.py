@@ -100,10 +100,10 @@ def test_a_batch_of_samples_waits_for_the_database_three_times(
     answer = _ingest(settings, sessions, api_keys.ingest,
                      samples(now + timedelta(seconds=1), 200))
     assert answer["accepted"] == 200
-    # BEGIN (psycopg opens a transaction in a round trip of its own); the key; the samples
-    # with their liveness row. The last exchange, the COMMIT, is not counted: its answer is
-    # not in the trace yet when the test reads it (nor is any batch's last, below).
-    assert wire.round_trips() == 3
+    # The key, with the transaction's BEGIN; the samples with their liveness row. The last
+    # exchange, the COMMIT, is not counted: its answer is not in the trace yet when the test
+    # reads it (nor is any batch's last, below).
+    assert wire.round_trips() == 2
 
     # A process that knows nothing yet asks about the executions once more.
     known.forget_all()
@@ -111,10 +111,10 @@ def test_a_batch_of_samples_waits_for_the_database_three_times(
                      samples(now + timedelta(seconds=2), 200))
     assert answer["accepted"] == 200
     # + the teams; the executions' owners (ensure and read) go with the samples.
-    assert wire.round_trips() == 4
+    assert wire.round_trips() == 3
 
 
-def test_a_batch_with_lifecycle_events_waits_for_the_database_four_times(
+def test_a_batch_with_lifecycle_events_waits_for_the_database_three_times(
     traced: tuple[sessionmaker[Session], Wire], settings: Settings, api_keys: Keys,
 ) -> None:
     sessions, wire = traced
@@ -133,11 +133,11 @@ def test_a_batch_with_lifecycle_events_waits_for_the_database_four_times(
     batch = churn + samples(now, 10, "team_1")
     answer = _ingest(settings, sessions, api_keys.ingest, batch)
     assert answer == {"accepted": 20, "duplicates": 0, "rejected": 0, "errors": []}
-    # BEGIN; the key; the samples with the new executions' owners, the lifecycle events
-    # (and the leases they consume) and the executions locked with their events read; the
-    # executions and segments written with the COMMIT (then the pipeline's closing sync,
-    # the last exchange, not counted).
-    assert wire.round_trips() == 4
+    # The key, with the BEGIN; the samples with the new executions' owners, the lifecycle
+    # events (and the leases they consume) and the executions locked with their events
+    # read; then (the last exchange, not counted) the executions and segments written with
+    # the COMMIT as the pipeline's last statement.
+    assert wire.round_trips() == 2
 
     # The same batch again: every event a duplicate, found by the exact paths.
     again = _ingest(settings, sessions, api_keys.ingest, batch)
