@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from metering import scheduling
-from metering.db import commit_with, pipeline, transaction
+from metering.db import commit_with, make_engine, make_sessionmaker, pipeline, transaction
 
 
 class Failed(Exception):
@@ -85,3 +85,18 @@ def test_a_savepoint_first_and_vacuum_outside_any_transaction(
     # VACUUM refuses to run in a transaction block: the connection asked for autocommit
     # explicitly gets no BEGIN.
     scheduling.vacuum(sessions, "tx_probe")
+
+
+@pytest.mark.usefixtures("probe")
+def test_a_transaction_that_ran_no_statement_leaves_no_begin_behind(database_url: str) -> None:
+    engine = make_engine(database_url, pool_size=1)  # one connection: the same one again
+    try:
+        with engine.connect() as conn:
+            conn.begin()
+            conn.rollback()
+        with engine.connect() as conn:
+            conn.begin()
+            conn.commit()
+        scheduling.vacuum(make_sessionmaker(engine), "tx_probe")
+    finally:
+        engine.dispose()
