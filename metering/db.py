@@ -218,19 +218,15 @@ def begin_with_first_statement(engine: Engine) -> None:
     for autocommit explicitly (`VACUUM`) gets no BEGIN."""
     sa_event.listen(engine, "begin", _transaction_begun)
     sa_event.listen(engine, "before_cursor_execute", _before_statement)
-    # A transaction that ended without a statement leaves no BEGIN pending for the next
-    # use of the connection (one in autocommit, say).
-    sa_event.listen(engine, "commit", _transaction_ended)
-    sa_event.listen(engine, "rollback", _transaction_ended)
 
 
 def _transaction_begun(connection: Connection) -> None:
+    info = connection.connection.info
     if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-        connection.connection.info[_BEGIN_PENDING] = True
-
-
-def _transaction_ended(connection: Connection) -> None:
-    connection.connection.info.pop(_BEGIN_PENDING, None)
+        info[_BEGIN_PENDING] = True
+    else:
+        # Nor one left pending by an earlier transaction that ran no statement.
+        info.pop(_BEGIN_PENDING, None)
 
 
 def _before_statement(connection: Connection, cursor: Any, *_: Any) -> None:
