@@ -230,8 +230,7 @@ def _transaction_begun(connection: Connection) -> None:
 
 
 def _before_statement(connection: Connection, cursor: Any, *_: Any) -> None:
-    if connection.connection.info.pop(_BEGIN_PENDING, False):
-        cursor.connection.execute(BEGIN, prepare=False)
+    _send_pending_begin(connection, cursor.connection)
 
 
 def _send_pending_begin(connection: Connection, raw: psycopg.Connection[Any]) -> None:
