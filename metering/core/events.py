@@ -42,6 +42,10 @@ EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 
 # Ids (team_id, execution_id, subject): safe in URLs, logs and CSV cells as they are.
 _ID = re.compile(r"[A-Za-z0-9._:@+\-]{1,128}")
+# Three identifiers at once (subject, team, execution), NUL-separated: NUL is outside the
+# alphabet, so the three parts are exactly the three identifiers (one call instead of three).
+_THREE_IDS = re.compile(r"[A-Za-z0-9._:@+\-]{1,128}\x00[A-Za-z0-9._:@+\-]{1,128}"
+                        r"\x00[A-Za-z0-9._:@+\-]{1,128}")
 ID_ALPHABET = "A-Z a-z 0-9 . _ : @ + -"
 # RFC 3339 `date-time` only: ISO 8601's other spellings (week dates, basic format) are not.
 _RFC3339 = re.compile(
@@ -86,6 +90,7 @@ class SandboxEvent:
     execution_id: str
     data: dict[str, Any]
     digest: bytes
+    key: tuple[str, str]  # (source, id)
     vcpu: int | None = None
     memory_mib: int | None = None
     disk_mib: int | None = None
@@ -94,10 +99,6 @@ class SandboxEvent:
     cpu_centipct: int | None = None
     memory_used_mib: int | None = None
     tag: int = 0
-    key: tuple[str, str] = ("", "")
-
-    def __post_init__(self) -> None:
-        self.key = (self.source, self.id)
 
     @property
     def type(self) -> str:
@@ -277,8 +278,8 @@ def _validate(
         # exactly, and only 16 bits of its checksum are kept in the tag.
         canonical = canonical_json(raw)
         return SandboxEvent(index, source, event_id, kind, subject, time_ms, team_id,
-                            execution_id, data, canonical, None, None, None, None, None, cpu,
-                            used, key_tag(source, event_id, canonical))
+                            execution_id, data, canonical, (source, event_id), None, None, None,
+                            None, None, cpu, used, key_tag(source, event_id, canonical))
     fields: dict[str, Any] = {}
     if kind in ("created", "resumed"):
         fields["vcpu"] = _int(data, "vcpu", 1, True)
@@ -305,7 +306,7 @@ def _validate(
         raise _future(time_ms, future_tolerance_ms)
     digest = digest_of(raw)
     return SandboxEvent(index, source, event_id, kind, subject, time_ms, team_id, execution_id,
-                        data, digest, **fields)
+                        data, digest, (source, event_id), **fields)
 
 
 _KINDS = {t: t.rsplit(".", 1)[1] for t in EVENT_TYPES}
@@ -363,13 +364,13 @@ def _sample_fast(
     if not (type(source) is str and type(event_id) is str and type(subject) is str
             and type(stamp) is str and type(data) is dict
             and 0 < len(source) <= MAX_SOURCE and 0 < len(event_id) <= MAX_ID
-            and _ID.fullmatch(subject) and len(stamp) == 24
+            and len(stamp) == 24
             and stamp[19] == "." and stamp[23] == "Z" and stamp[20:23].isdigit()):
         return None
     team_id = data.get("team_id")
     execution_id = data.get("execution_id")
     if not (type(team_id) is str and type(execution_id) is str
-            and _ID.fullmatch(team_id) and _ID.fullmatch(execution_id)):
+            and _THREE_IDS.fullmatch(f"{subject}\x00{team_id}\x00{execution_id}")):
         return None
     cpu = data.get("cpu_pct")
     used = data.get("memory_used_mib")
@@ -396,8 +397,8 @@ def _sample_fast(
     if len(canonical) > MAX_EVENT_BYTES or b"\\u0000" in canonical:
         return None
     return SandboxEvent(index, source, event_id, "host_stats", subject, time_ms, team_id,
-                        execution_id, data, canonical, None, None, None, None, None, cpu, used,
-                        key_tag(source, event_id, canonical))
+                        execution_id, data, canonical, (source, event_id), None, None, None,
+                        None, None, cpu, used, key_tag(source, event_id, canonical))
 
 
 DEFAULT_MAX_AGE_DAYS = 400

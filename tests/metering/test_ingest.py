@@ -91,6 +91,32 @@ def test_invalid_events_name_the_field_and_keep_the_good_ones(
         assert conn.execute(text("SELECT count(*) FROM lifecycle_events")).scalar() == 1
 
 
+@pytest.mark.parametrize("field,value", [
+    ("subject", "sbx one"), ("subject", ""), ("subject", "s" * 129),
+    ("data.team_id", "team/1"), ("data.team_id", "t\u00e9am"), ("data.team_id", "t" * 129),
+    ("data.execution_id", "exe\u00001"), ("data.execution_id", ""),
+])
+def test_a_sample_whose_identifier_is_not_one_is_refused_naming_it(
+    client: TestClient, api_keys: Keys, field: str, value: str,
+) -> None:
+    """Samples as a fleet sends them (millisecond times, plain fields): each identifier is
+    checked, whichever one is wrong, and the batch's other samples are stored."""
+    moment = NOW - timedelta(minutes=1)
+    stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.250Z")
+    good = [event("host_stats", execution=f"exe_id_{i}", sandbox=f"sbx_id_{i}", time=stamp,
+                  cpu_pct=5, memory_used_mib=100) for i in range(3)]
+    bad = event("host_stats", execution="exe_id_bad", sandbox="sbx_id_bad", time=stamp,
+                cpu_pct=5, memory_used_mib=100)
+    if field == "subject":
+        bad["subject"] = value
+    else:
+        bad["data"][field.removeprefix("data.")] = value
+    body = post(client, api_keys.ingest, [good[0], bad, *good[1:]])
+    assert (body["accepted"], body["rejected"]) == (3, 1)
+    assert [e["index"] for e in body["errors"]] == [1]
+    assert body["errors"][0]["message"].startswith(f"{field}:")
+
+
 def test_unknown_team_is_created_and_marked(client: TestClient, api_keys: Keys, engine: Engine) -> None:
     post(client, api_keys.ingest, [event("created", team="team_new", time=iso(T0), vcpu=1, memory_mib=512)])
     with engine.connect() as conn:
