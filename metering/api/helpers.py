@@ -32,6 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from metering.config import Settings, configure_clock
@@ -46,11 +47,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Pool:
-    """A helper's one-connection pool: its statement timeout (None: none) and how long a call
-    waits for the connection."""
+    """A helper's one-connection pool: its statement timeout (None: none), how long a call
+    waits for the connection, and whether a checkout first checks the connection with a
+    round trip of its own (`pre_ping`; not needed where every unit of work runs again on a
+    new connection when it lost its own, `metering.db.run_transaction`)."""
 
     statement_timeout_ms: int | None
     timeout_s: float  # float-ok: seconds
+    pre_ping: bool = True
 
 
 class _State:
@@ -115,9 +119,13 @@ def _start(kind: str, settings: Settings, database_url: str, nice: int, pool: Po
     if setup is not None:
         setup()
     _State.settings = settings
-    _State.sessions = make_sessionmaker(make_engine(
-        database_url, pool_size=1, statement_timeout_ms=pool.statement_timeout_ms,
-        pool_timeout_s=pool.timeout_s, pre_ping=True))
+    _State.sessions = make_sessionmaker(helper_engine(database_url, pool))
+
+
+def helper_engine(database_url: str, pool: Pool) -> Engine:
+    """A helper's engine: its one connection, as `pool` says."""
+    return make_engine(database_url, pool_size=1, statement_timeout_ms=pool.statement_timeout_ms,
+                       pool_timeout_s=pool.timeout_s, pre_ping=pool.pre_ping)
 
 
 def _ready() -> None:

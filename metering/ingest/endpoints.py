@@ -128,6 +128,11 @@ def _ingest_in_helper(token: str, headers: dict[str, str], body: bytes
         raise api_error(exc) from None
 
 
+# No ping on checkout: a batch that lost its connection runs again whole on a new one
+# (`_ingest`), and the ping was a round trip of its own for every batch.
+INGEST_POOL = helpers.Pool(None, 5.0, pre_ping=False)
+
+
 class IngestHelpers(helpers.Helpers):
     """An API process's ingest helpers: they parse, validate and store event batches, so that
     the API process's interpreter lock serves its event loop (admissions, the kill-order
@@ -136,8 +141,7 @@ class IngestHelpers(helpers.Helpers):
     def __init__(self, settings: Settings, database_url: str,
                  setup: Callable[[], None] | None = None) -> None:
         super().__init__("ingest", settings, database_url, workers=settings.ingest_helpers,
-                         nice=settings.ingest_helper_nice, setup=setup,
-                         pool=helpers.Pool(None, 5.0))
+                         nice=settings.ingest_helper_nice, setup=setup, pool=INGEST_POOL)
 
 
 def _binding_headers(request: Request) -> dict[str, str]:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from metering import known
+from metering.api.helpers import helper_engine
 from metering.config import Settings
 from metering.db import (
     driver,
@@ -32,7 +33,7 @@ from metering.db import (
     pipelined,
     run_transaction,
 )
-from metering.ingest.endpoints import _ingest
+from metering.ingest.endpoints import INGEST_POOL, _ingest
 from tests.conftest import Keys, event
 
 
@@ -60,7 +61,8 @@ class Wire:
 
 @pytest.fixture
 def traced(database_url: str) -> Iterator[tuple[sessionmaker[Session], Wire]]:
-    engine: Engine = make_engine(database_url, pool_size=1)
+    # The engine an ingest helper stores its batches with (its pool's checkout included).
+    engine: Engine = helper_engine(database_url, INGEST_POOL)
     with tempfile.TemporaryFile() as file:
         wire = Wire(file)
         sa_event.listen(engine, "connect", wire.attach)
